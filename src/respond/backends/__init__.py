@@ -1,0 +1,38 @@
+"""backends: I/O adapters to model engines, each behind the ``Backend`` protocol.
+
+Rule: a backend knows Chat Completions and its engine; it never sees HTTP requests of our
+own, SQL or the environment. It imports only ``domain``, ``errors`` and ``settings``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol, runtime_checkable
+
+from respond.domain import ChatMessage, Delta, Generation
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A model engine.
+
+    Contract of ``generate``:
+      * yields ``TextDelta`` / ``ReasoningDelta`` / ``ToolCallDelta`` as the model produces
+        them, then exactly one ``Finish`` (with ``Usage`` when the engine reports it) last;
+      * raises ``ContextOverflow`` before yielding anything when the prompt does not fit;
+      * raises ``BackendError`` (``BackendTimeout`` for time-outs) when the engine fails,
+        before or during the stream;
+      * when the consumer stops iterating (``aclose()`` or task cancellation), generation
+        stops promptly and the engine's slot is freed.
+    """
+
+    vision: bool
+    context_window: int | None
+
+    def generate(self, request: Generation) -> AsyncIterator[Delta]: ...
+
+    async def count_tokens(self, messages: list[ChatMessage]) -> int | None:
+        """Prompt tokens for these messages, or None when the engine cannot tell."""
+        ...
+
+    async def aclose(self) -> None: ...
