@@ -1,0 +1,130 @@
+"""Composition root: ``create_app(settings, **overrides)`` builds every long-lived resource.
+
+Resources open in the lifespan (one ``AsyncExitStack``) and close in reverse order. Importing
+this module does nothing; tests pass ``store=`` or ``backends=`` overrides instead of patching.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+
+from respond.backends import Backend
+from respond.engine.service import ResponsesService
+from respond.errors import APIError, InvalidRequest, NotFound, ServerError
+from respond.http.auth import APIKeyAuth
+from respond.http.render import error_response
+from respond.http.routes import all_routes, api_error_handler
+from respond.settings import LlamaCppModel, OpenAIModel, Settings
+from respond.store import Store
+
+log = logging.getLogger(__name__)
+
+
+async def open_store(url: str) -> Store:
+    if url.startswith("sqlite:"):
+        from respond.store.sqlite import SQLiteStore
+
+        return await SQLiteStore.open(url)
+    raise ValueError(f"unsupported database_url scheme: {url.split(':', 1)[0]}")
+
+
+async def open_backend(name: str, config: LlamaCppModel | OpenAIModel) -> Backend:
+    match config:
+        case LlamaCppModel():
+            from respond.backends.llamacpp import LlamaCppBackend
+
+            return await LlamaCppBackend.load(config)
+        case OpenAIModel():
+            from respond.backends.openai_compat import OpenAICompatBackend
+
+            return OpenAICompatBackend(config, name)
+    raise AssertionError(f"unknown backend config {config!r}")
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return error_response(NotFound(f"Invalid URL ({request.method} {request.url.path})"))
+    if exc.status_code == 405:
+        return error_response(InvalidRequest(
+            f"Method {request.method} is not allowed on {request.url.path}.", status=405))
+    return error_response(APIError(str(exc.detail), status=exc.status_code))
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(ServerError("The server had an error while processing your request."))
+
+
+PURGE_INTERVAL_SECONDS = 3600
+
+
+async def _purge_forever(store: Store) -> None:
+    """Retention: delete expired responses now and then every hour."""
+    while True:
+        try:
+            purged = await store.purge_expired(int(time.time()))
+        except Exception:  # a failed purge must not stop the next one
+            log.exception("purging expired responses failed")
+        else:
+            if purged:
+                log.info("purged %d expired responses", purged)
+        await asyncio.sleep(PURGE_INTERVAL_SECONDS)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    store: Store | None = None,
+    backends: Mapping[str, Backend] | None = None,
+) -> Starlette:
+    """The ASGI application. ``store`` and ``backends`` replace the configured ones."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            the_store = store
+            if the_store is None:
+                the_store = await open_store(settings.database_url())
+                stack.push_async_callback(the_store.aclose)
+            the_backends = dict(backends) if backends is not None else {}
+            if backends is None:
+                for name, config in settings.model_configs().items():
+                    backend = await open_backend(name, config)
+                    stack.push_async_callback(backend.aclose)
+                    the_backends[name] = backend
+            service = ResponsesService(
+                the_store, the_backends,
+                retention_seconds=int(settings.server.retention_days * 86400),
+            )
+            stack.push_async_callback(service.flush)
+            purger = asyncio.create_task(_purge_forever(the_store))
+            stack.callback(purger.cancel)
+            app.state.service = service
+            app.state.max_body_bytes = settings.server.max_body_bytes
+            app.state.started_at = int(time.time())
+            log.info("serving models: %s", ", ".join(the_backends))
+            yield
+
+    keys = [k.get_secret_value() for k in settings.server.api_keys]
+    return Starlette(
+        routes=all_routes(),
+        lifespan=lifespan,
+        middleware=[Middleware(APIKeyAuth, keys=keys)] if keys else [],
+        exception_handlers={
+            APIError: api_error_handler,
+            HTTPException: _http_error,
+            Exception: _unexpected,
+        },
+    )

@@ -1,0 +1,71 @@
+"""The ``respond`` command line: ``respond serve``."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import socket
+import sys
+from pathlib import Path
+
+from respond.settings import ConfigError, load_settings
+
+log = logging.getLogger("respond")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        try:
+            return all(ipaddress.ip_address(info[4][0]).is_loopback
+                       for info in socket.getaddrinfo(host, None))
+        except OSError:
+            return False
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="respond", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the Responses API server")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--data-dir", type=Path, default=Path("data"),
+                       help="where the SQLite database and files live (default: ./data)")
+    serve.add_argument("--config", type=Path, default=None, help="a TOML configuration file")
+    serve.add_argument("--insecure", action="store_true",
+                       help="allow a non-loopback address with no API keys configured")
+    serve.add_argument("--log-level", default="info",
+                       choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_settings(args.config, args.data_dir)
+    except ConfigError as exc:
+        print(f"respond: {exc}", file=sys.stderr)  # noqa: T201 - the CLI's own output
+        return 2
+    if not settings.server.api_keys and not _is_loopback(args.host) and not args.insecure:
+        print(  # noqa: T201
+            f"respond: refusing to listen on {args.host} with no API keys configured: anyone "
+            "who can reach it could use it. Set [server] api_keys (or RESPOND_API_KEYS), "
+            "bind to 127.0.0.1, or pass --insecure.",
+            file=sys.stderr,
+        )
+        return 2
+
+    import uvicorn
+
+    from respond.app import create_app
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    uvicorn.run(create_app(settings), host=args.host, port=args.port,
+                log_level=args.log_level, access_log=False, timeout_graceful_shutdown=10)
+    return 0

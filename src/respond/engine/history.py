@@ -1,0 +1,100 @@
+"""History: from stored items to the Chat Completions messages a backend sees.
+
+Storage keeps every item losslessly; this module decides how each one reads to a model.
+Truncation drops whole turns from the oldest end so a tool call never loses its output.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from respond.domain import ChatMessage
+from respond.errors import InvalidRequest
+
+Item = dict[str, Any]
+
+_CHAT_ROLE = {"user": "user", "system": "system", "developer": "system", "assistant": "assistant"}
+
+
+def _user_content(parts: list[dict[str, Any]], vision: bool, where: str) -> str | list[Any]:
+    texts: list[str] = []
+    rich: list[dict[str, Any]] = []
+    for part in parts:
+        kind = part.get("type")
+        if kind == "input_text":
+            texts.append(part["text"])
+            rich.append({"type": "text", "text": part["text"]})
+        elif kind == "input_image":
+            if not vision:
+                raise InvalidRequest(
+                    "This model does not accept images: it is a text-only model. Remove the "
+                    "image input or use a model configured with vision = true.",
+                    param=where, code="invalid_value",
+                )
+            url = part.get("image_url")
+            if not url:
+                raise InvalidRequest("Images by file id are not available yet.", param=where)
+            rich.append({"type": "image_url",
+                         "image_url": {"url": url, "detail": part.get("detail") or "auto"}})
+        elif kind == "input_file":
+            raise InvalidRequest("File inputs are not available yet.", param=where,
+                                 code="unsupported_parameter")
+        elif kind in ("output_text",):
+            texts.append(part["text"])
+            rich.append({"type": "text", "text": part["text"]})
+    if len(rich) == len(texts):
+        return "\n".join(texts)
+    return rich
+
+
+def _assistant_text(parts: list[dict[str, Any]]) -> str:
+    out = []
+    for part in parts:
+        if part.get("type") == "output_text":
+            out.append(part.get("text", ""))
+        elif part.get("type") == "refusal":
+            out.append(part.get("refusal", ""))
+    return "".join(out)
+
+
+def _output_text(output: Any) -> str:
+    if isinstance(output, str):
+        return output
+    return "\n".join(p.get("text", "") for p in output or () if p.get("type") == "input_text")
+
+
+def to_messages(instructions: str | None, items: list[Item], *, vision: bool) -> list[ChatMessage]:
+    """The chat messages for ``instructions`` followed by ``items`` in order."""
+    messages: list[ChatMessage] = []
+    if instructions:
+        messages.append({"role": "system", "content": instructions})
+    for index, item in enumerate(items):
+        kind = item.get("type")
+        if kind == "message":
+            role = _CHAT_ROLE[item["role"]]
+            if role == "assistant":
+                messages.append({"role": "assistant", "content": _assistant_text(item["content"])})
+            else:
+                content = _user_content(item["content"], vision, f"input[{index}].content")
+                messages.append({"role": role, "content": content})
+        elif kind == "function_call":
+            call = {"id": item["call_id"], "type": "function",
+                    "function": {"name": item["name"], "arguments": item["arguments"]}}
+            last = messages[-1] if messages else None
+            if last is not None and last["role"] == "assistant" and "tool_calls" in last:
+                last["tool_calls"].append(call)
+            elif last is not None and last["role"] == "assistant" and last.get("content"):
+                last["tool_calls"] = [call]
+            else:
+                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        elif kind == "function_call_output":
+            messages.append({"role": "tool", "tool_call_id": item["call_id"],
+                             "content": _output_text(item.get("output"))})
+        # reasoning and other items stay in storage but are not shown to chat backends
+    return messages
+
+
+def turn_starts(items: list[Item]) -> list[int]:
+    """Indexes where a user turn begins: the only safe places to cut a history."""
+    return [i for i, item in enumerate(items)
+            if item.get("type") == "message" and item.get("role") == "user"]

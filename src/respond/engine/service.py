@@ -1,0 +1,357 @@
+"""The Responses service: from a validated request to a running response and back to storage.
+
+``create`` does everything that can fail with an HTTP error before the first byte is sent:
+model lookup, loading the previous context, normalising input, checking tool outputs, and
+priming the backend (so a context overflow or an unreachable upstream is a 4xx/5xx, not a
+broken stream). ``Run.events`` then yields the stream; a non-streaming reply is its fold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+from respond.backends import Backend
+from respond.domain import Delta, Finish, Generation, TextDelta
+from respond.engine.events import Event, EventBuilder
+from respond.engine.history import Item, to_messages, turn_starts
+from respond.errors import (
+    BackendError,
+    ContextLengthExceeded,
+    ContextOverflow,
+    InvalidRequest,
+    ModelNotFound,
+    NotFound,
+)
+from respond.ids import new_id
+from respond.protocol.items import normalize_input
+from respond.protocol.request import CreateResponse
+from respond.protocol.response import response_skeleton
+from respond.store import ItemPage, Store, StoredResponse
+
+log = logging.getLogger(__name__)
+
+MAX_TRUNCATION_ATTEMPTS = 8
+
+
+class Run:
+    """One response in flight. Iterate ``events()`` exactly once."""
+
+    def __init__(
+        self,
+        service: ResponsesService,
+        builder: EventBuilder,
+        deltas: AsyncIterator[Delta],
+        first: Delta,
+        record: StoredResponse | None,
+        new_items: list[Item],
+    ) -> None:
+        self._service = service
+        self.builder = builder
+        self._deltas = deltas
+        self._first = first
+        self._record = record
+        self._new_items = new_items
+
+    @property
+    def response(self) -> dict[str, Any]:
+        return self.builder.response
+
+    async def events(self) -> AsyncIterator[Event]:
+        """The stream. The final state is stored before the terminal event is yielded, so a
+        client that chains on ``response.completed`` always finds the response."""
+        builder = self.builder
+        saved = False
+        try:
+            for event in builder.start():
+                yield event
+            pending: list[Event] = []
+            try:
+                events = self._apply(self._first)
+                if not builder.terminal:
+                    for event in events:
+                        yield event
+                    events = []
+                    async for delta in self._deltas:
+                        events = self._apply(delta)
+                        if builder.terminal:
+                            break
+                        for event in events:
+                            yield event
+                    else:
+                        raise BackendError("The model backend ended the stream without finishing.")
+                pending = events  # ends with the terminal event: sent once stored
+            except BackendError as exc:
+                log.warning("backend failed mid-stream: %s", exc.message)
+                pending = builder.fail(exc.message)
+            await self._service.save(self._record, builder.response, self._new_items)
+            saved = True
+            for event in pending:
+                yield event
+        finally:
+            if not builder.terminal:
+                builder.cancel()
+            await self._deltas.aclose()
+            if not saved:
+                self._service.save_later(self._record, builder.response, self._new_items)
+
+    def _apply(self, delta: Delta) -> list[Event]:
+        if isinstance(delta, TextDelta):
+            return self.builder.text(delta.text)
+        if isinstance(delta, Finish):
+            return self.builder.finish(delta)
+        return []  # reasoning and tool calls arrive with their features
+
+    async def fold(self) -> dict[str, Any]:
+        """Run to the end without streaming and return the final response."""
+        async for _ in self.events():
+            pass
+        return self.builder.response
+
+
+class ResponsesService:
+    def __init__(
+        self,
+        store: Store,
+        backends: Mapping[str, Backend],
+        *,
+        retention_seconds: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.backends = backends
+        self.retention_seconds = retention_seconds
+        self.clock = clock
+        self._pending: set[asyncio.Task[None]] = set()
+
+    # -- create ----------------------------------------------------------------------------
+
+    async def create(self, req: CreateResponse) -> Run:
+        assert req.model is not None
+        backend = self.backends.get(req.model)
+        if backend is None:
+            raise ModelNotFound(req.model)
+        now = int(self.clock())
+
+        inherited: list[Item] = []
+        inherited_ids: list[str] = []
+        if req.previous_response_id:
+            loaded = await self.store.load_context(req.previous_response_id, now)
+            if loaded is None:
+                raise InvalidRequest(
+                    f"Previous response with id '{req.previous_response_id}' not found.",
+                    param="previous_response_id", code="previous_response_not_found",
+                )
+            previous, inherited = loaded
+            inherited_ids = previous.context_ids + previous.output_ids
+
+        items = normalize_input(req.input)
+        items = await self._resolve_references(items)
+        new_items = self._check_context(inherited_ids, inherited, items)
+        context = inherited + items
+
+        response_id = new_id("response")
+        skeleton = response_skeleton(req, response_id=response_id, created_at=now,
+                                     model=req.model, status="in_progress")
+        messages = to_messages(req.instructions, context, vision=backend.vision)
+        generation = Generation(
+            messages=messages,
+            max_output_tokens=req.max_output_tokens,
+            temperature=req.temperature,
+            top_p=req.top_p,
+        )
+        deltas, first = await self._prime(backend, generation, req, context)
+        record = None
+        if skeleton["store"]:
+            record = StoredResponse(
+                id=response_id,
+                body=skeleton,
+                context_ids=inherited_ids + [item["id"] for item in items],
+                output_ids=[],
+                previous_response_id=req.previous_response_id,
+                created_at=now,
+                expires_at=now + self.retention_seconds,
+            )
+        return Run(self, EventBuilder(skeleton), deltas, first, record, new_items)
+
+    async def _resolve_references(self, items: list[Item]) -> list[Item]:
+        refs = [item["id"] for item in items if item.get("type") == "item_reference"]
+        if not refs:
+            return items
+        found = await self.store.get_items(refs)
+        out = []
+        for index, item in enumerate(items):
+            if item.get("type") == "item_reference":
+                stored = found.get(item["id"])
+                if stored is None:
+                    raise NotFound(f"Item with id '{item['id']}' not found.",
+                                   param=f"input[{index}].id")
+                out.append(stored)
+            else:
+                out.append(item)
+        return out
+
+    @staticmethod
+    def _check_context(inherited_ids: list[str], inherited: list[Item],
+                       items: list[Item]) -> list[Item]:
+        """Refuse duplicate ids and orphan tool outputs; return the items that are new."""
+        seen = set(inherited_ids)
+        calls = {i["call_id"] for i in inherited if i.get("type") == "function_call"}
+        fresh: list[Item] = []
+        for index, item in enumerate(items):
+            if item["id"] in seen:
+                raise InvalidRequest(
+                    f"Duplicate item found with id {item['id']}. Remove duplicate items from "
+                    "your input and try again.", param=f"input[{index}]",
+                )
+            seen.add(item["id"])
+            if item.get("type") == "function_call":
+                calls.add(item["call_id"])
+            elif item.get("type") == "function_call_output" and item["call_id"] not in calls:
+                raise InvalidRequest(
+                    f"No tool call found for function call output with call_id "
+                    f"{item['call_id']}.", param=f"input[{index}]",
+                )
+            fresh.append(item)
+        return fresh
+
+    async def _prime(
+        self, backend: Backend, generation: Generation, req: CreateResponse, context: list[Item]
+    ) -> tuple[AsyncIterator[Delta], Delta]:
+        """Start generating and wait for the first delta, truncating on overflow if allowed."""
+        window = context
+        for _attempt in range(MAX_TRUNCATION_ATTEMPTS):
+            deltas = backend.generate(generation)
+            try:
+                first = await anext(deltas)
+            except StopAsyncIteration:
+                raise BackendError("The model backend returned nothing.") from None
+            except ContextOverflow as overflow:
+                await deltas.aclose()
+                if req.truncation != "auto":
+                    raise ContextLengthExceeded(
+                        self._overflow_message(overflow, backend), param="input"
+                    ) from None
+                window = self._shorter(window, overflow)
+                generation = Generation(
+                    messages=to_messages(req.instructions, window, vision=backend.vision),
+                    max_output_tokens=generation.max_output_tokens,
+                    temperature=generation.temperature,
+                    top_p=generation.top_p,
+                )
+                continue
+            except BaseException:
+                await deltas.aclose()
+                raise
+            return deltas, first
+        raise ContextLengthExceeded(
+            "The input does not fit the model's context window even after truncation.",
+            param="input",
+        )
+
+    @staticmethod
+    def _overflow_message(overflow: ContextOverflow, backend: Backend) -> str:
+        window = overflow.context_window or backend.context_window
+        size = f" of {window} tokens" if window else ""
+        used = f" ({overflow.prompt_tokens} tokens)" if overflow.prompt_tokens else ""
+        return (f"Your input{used} exceeds the context window{size} of this model. Shorten "
+                "the input, or set 'truncation' to 'auto' to drop the oldest items.")
+
+    @staticmethod
+    def _shorter(window: list[Item], overflow: ContextOverflow) -> list[Item]:
+        """Drop whole turns from the oldest end: about as many as the overflow requires."""
+        starts = [s for s in turn_starts(window) if s > 0]
+        if not starts:
+            raise ContextLengthExceeded(
+                "The last turn alone exceeds the model's context window; it cannot be "
+                "truncated further.", param="input",
+            )
+        keep_fraction = 0.5
+        if overflow.prompt_tokens and overflow.context_window:
+            keep_fraction = min(0.9, overflow.context_window / overflow.prompt_tokens * 0.85)
+        sizes = [len(str(item)) for item in window]
+        budget = sum(sizes) * keep_fraction
+        cut = starts[0]
+        for start in starts:
+            cut = start
+            if sum(sizes[start:]) <= budget:
+                break
+        return window[cut:]
+
+    # -- persistence -----------------------------------------------------------------------
+
+    def _final_record(self, record: StoredResponse, response: dict[str, Any]) -> StoredResponse:
+        return StoredResponse(
+            id=record.id,
+            body=response,
+            context_ids=record.context_ids,
+            output_ids=[item["id"] for item in response["output"]],
+            previous_response_id=record.previous_response_id,
+            created_at=record.created_at,
+            expires_at=record.expires_at,
+        )
+
+    async def save(
+        self, record: StoredResponse | None, response: dict[str, Any], new_items: list[Item]
+    ) -> None:
+        if record is not None:
+            await self.store.save_response(
+                self._final_record(record, response), new_items + list(response["output"])
+            )
+
+    def save_later(
+        self, record: StoredResponse | None, response: dict[str, Any], new_items: list[Item]
+    ) -> None:
+        """Persist a response whose consumer went away, outside the (cancelled) caller's task."""
+        if record is None:
+            return
+        task = asyncio.get_running_loop().create_task(self.save(record, response, new_items))
+        self._pending.add(task)
+        task.add_done_callback(self._saved)
+
+    def _saved(self, task: asyncio.Task[None]) -> None:
+        self._pending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("could not store a response", exc_info=task.exception())
+
+    async def flush(self) -> None:
+        """Wait until the writes of abandoned streams have reached the store."""
+        while self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
+
+    # -- reads -----------------------------------------------------------------------------
+
+    async def get(self, response_id: str) -> dict[str, Any]:
+        await self.flush()
+        stored = await self.store.get_response(response_id, int(self.clock()))
+        if stored is None:
+            raise NotFound(f"Response with id '{response_id}' not found.")
+        return stored.body
+
+    async def delete(self, response_id: str) -> dict[str, Any]:
+        await self.flush()
+        if not await self.store.delete_response(response_id, int(self.clock())):
+            raise NotFound(f"Response with id '{response_id}' not found.")
+        return {"id": response_id, "object": "response.deleted", "deleted": True}
+
+    async def input_items(
+        self, response_id: str, *, limit: int, order: str, after: str | None, before: str | None
+    ) -> dict[str, Any]:
+        await self.flush()
+        page: ItemPage | None = await self.store.list_input_items(
+            response_id, limit=limit, order=order, after=after, before=before,  # type: ignore[arg-type]
+            now=int(self.clock()),
+        )
+        if page is None:
+            raise NotFound(f"Response with id '{response_id}' not found.")
+        data = page.items
+        return {
+            "object": "list",
+            "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+            "has_more": page.has_more,
+        }

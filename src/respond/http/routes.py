@@ -1,0 +1,154 @@
+"""Routes of the Responses API, mounted under ``/v1``, ``/openai/v1`` and ``/openai``.
+
+Any ``api-version`` query parameter (Azure) is accepted and ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import BaseRoute, Mount, Route
+
+from respond.engine.service import ResponsesService
+from respond.errors import APIError, InvalidRequest, PayloadTooLarge
+from respond.http.render import error_response, json_response, sse_frame
+from respond.protocol.request import parse_create
+
+log = logging.getLogger(__name__)
+
+PREFIXES = ("/v1", "/openai/v1", "/openai")
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+def _service(request: Request) -> ResponsesService:
+    return request.app.state.service  # type: ignore[no-any-return]
+
+
+async def read_body(request: Request) -> bytes:
+    """The request body, refusing anything over the configured limit with a 413."""
+    limit: int = request.app.state.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"Request body too large: the limit is {limit} bytes.")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"Request body too large: the limit is {limit} bytes.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _sse(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+    async for event in events:
+        yield sse_frame(event)
+
+
+async def create_response(request: Request) -> Response:
+    req = parse_create(await read_body(request))
+    run = await _service(request).create(req)
+    if req.stream:
+        return StreamingResponse(_sse(run.events()), media_type="text/event-stream",
+                                 headers=SSE_HEADERS)
+    return json_response(await run.fold())
+
+
+async def get_response(request: Request) -> Response:
+    response_id = request.path_params["response_id"]
+    if request.query_params.get("stream") in ("true", "1", "True"):
+        body = await _service(request).get(response_id)
+        raise InvalidRequest(
+            f"Response '{body['id']}' was not created with background=true and stream=true, "
+            "so it cannot be streamed again.", param="stream",
+        )
+    return json_response(await _service(request).get(response_id))
+
+
+async def delete_response(request: Request) -> Response:
+    return json_response(await _service(request).delete(request.path_params["response_id"]))
+
+
+async def cancel_response(request: Request) -> Response:
+    await _service(request).get(request.path_params["response_id"])
+    raise InvalidRequest("Cannot cancel a synchronous response.")
+
+
+def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidRequest(f"Invalid type for '{name}': expected an integer.", param=name,
+                             code="invalid_type") from None
+    if not low <= value <= high:
+        raise InvalidRequest(f"Invalid value for '{name}': must be between {low} and {high}.",
+                             param=name, code="invalid_value")
+    return value
+
+
+async def list_input_items(request: Request) -> Response:
+    limit = _int_param(request, "limit", 20, 1, 100)
+    order = request.query_params.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise InvalidRequest("Invalid value for 'order': expected 'asc' or 'desc'.",
+                             param="order", code="invalid_value")
+    page = await _service(request).input_items(
+        request.path_params["response_id"], limit=limit, order=order,
+        after=request.query_params.get("after"), before=request.query_params.get("before"),
+    )
+    return json_response(page)
+
+
+def _model_object(name: str, created: int) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": created, "owned_by": "respond"}
+
+
+async def list_models(request: Request) -> Response:
+    created = request.app.state.started_at
+    return json_response({"object": "list",
+                          "data": [_model_object(n, created) for n in _service(request).backends]})
+
+
+async def get_model(request: Request) -> Response:
+    from respond.errors import ModelNotFound
+
+    name = request.path_params["model"]
+    if name not in _service(request).backends:
+        raise ModelNotFound(name)
+    return json_response(_model_object(name, request.app.state.started_at))
+
+
+async def health(request: Request) -> Response:
+    return json_response({"status": "ok"})
+
+
+def api_routes() -> list[Route]:
+    return [
+        Route("/responses", create_response, methods=["POST"]),
+        Route("/responses/{response_id}", get_response, methods=["GET"]),
+        Route("/responses/{response_id}", delete_response, methods=["DELETE"]),
+        Route("/responses/{response_id}/cancel", cancel_response, methods=["POST"]),
+        Route("/responses/{response_id}/input_items", list_input_items, methods=["GET"]),
+        Route("/models", list_models, methods=["GET"]),
+        Route("/models/{model:path}", get_model, methods=["GET"]),
+    ]
+
+
+def all_routes() -> list[BaseRoute]:
+    routes: list[BaseRoute] = [Route("/health", health, methods=["GET"])]
+    routes += [Mount(prefix, routes=api_routes()) for prefix in PREFIXES]
+    return routes
+
+
+async def api_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, APIError)
+    if exc.status >= 500:
+        log.warning("%s %s -> %d: %s", request.method, request.url.path, exc.status, exc.message)
+    return error_response(exc)
