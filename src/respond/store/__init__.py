@@ -72,16 +72,26 @@ class Store(Protocol):
         before: str | None,
         now: int,
     ) -> ItemPage | None:
-        """A page of the response's context items; None when the response is unknown."""
+        """A page of the response's context items; None when the response is unknown.
+
+        ``order`` "desc" pages the context from its end. ``after`` / ``before`` are item
+        ids: the page holds items strictly after / before that id in ``order`` (with only
+        ``before``, the ``limit`` items just before it). An unknown cursor gives an empty
+        page. ``has_more``: more items lie beyond the page in the direction of travel.
+        """
         ...
 
     async def delete_response(self, response_id: str, now: int) -> bool:
         """Delete the response. Its items go too, unless a later response still builds on
-        them (they then stay with that response). False when it was unknown."""
+        them (they then stay until no live response needs them). False when it was unknown
+        or already hidden at ``now``."""
         ...
 
     async def purge_expired(self, now: int) -> int:
-        """Delete every response (and its items) whose ``expires_at`` is past; return the count."""
+        """Delete every response (and its items) whose ``expires_at`` is past; return the count.
+
+        A hidden response that a live one still builds on keeps its items until that one goes.
+        """
         ...
 
     async def aclose(self) -> None: ...

@@ -1,0 +1,112 @@
+"""Schema migrations: numbered SQL files per dialect, each applied once, in order.
+
+Layout: ``store/migrations/<dialect>/NNNN_name.sql`` (``sqlite`` today; a PostgreSQL adapter
+adds ``store/migrations/postgresql/`` with the same numbers and its own ``apply_*``
+function below, reusing ``load`` and ``SCHEMA_MIGRATIONS``). Applied versions are recorded
+in ``schema_migrations``; a migration and its record commit together or not at all, so a
+failed migration leaves the database as it was and the next start tries again.
+
+Rules: files are never edited once released (add a new number instead); numbers start at
+1 and have no gaps; a database newer than this build is used as is, with a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sqlite3
+import time
+from dataclasses import dataclass
+from importlib import resources
+
+log = logging.getLogger(__name__)
+
+# Portable between SQLite and PostgreSQL on purpose: one bookkeeping table for every dialect.
+SCHEMA_MIGRATIONS = (
+    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+    "version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)"
+)
+
+_FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def load(dialect: str) -> list[Migration]:
+    """The dialect's migrations in order; raises ``ValueError`` on a misnamed or missing file."""
+    folder = resources.files(__package__) / "migrations" / dialect
+    migrations = []
+    for entry in folder.iterdir():
+        if not entry.name.endswith(".sql"):
+            continue
+        match = _FILE_NAME.match(entry.name)
+        if match is None:
+            raise ValueError(f"migration file {dialect}/{entry.name} is not named NNNN_name.sql")
+        migrations.append(
+            Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8"))
+        )
+    migrations.sort(key=lambda m: m.version)
+    versions = [m.version for m in migrations]
+    if versions != list(range(1, len(versions) + 1)):
+        raise ValueError(f"{dialect} migrations must be numbered 1, 2, 3...; found {versions}")
+    return migrations
+
+
+def sqlite_statements(script: str) -> list[str]:
+    """Split an SQLite script into statements (``CREATE TRIGGER ... END;`` stays whole)."""
+    statements = []
+    start = 0
+    for end, char in enumerate(script):
+        if char == ";" and sqlite3.complete_statement(script[start : end + 1]):
+            statements.append(script[start : end + 1].strip())
+            start = end + 1
+    rest = script[start:]
+    if any(line.strip() and not line.strip().startswith("--") for line in rest.splitlines()):
+        raise ValueError(f"incomplete SQL statement at the end of a migration: {rest.strip()!r}")
+    return statements
+
+
+def apply_sqlite(conn: sqlite3.Connection, dialect: str = "sqlite") -> list[int]:
+    """Apply the pending migrations on ``conn`` (autocommit mode); return the versions applied.
+
+    Each migration runs in ``BEGIN IMMEDIATE``, which takes the write lock before checking
+    whether it is still pending, so two processes opening one new file apply it once.
+    """
+    if conn.isolation_level is not None:
+        raise ValueError("apply_sqlite needs a connection opened with isolation_level=None")
+    migrations = load(dialect)
+    conn.execute(SCHEMA_MIGRATIONS)
+    applied = []
+    for migration in migrations:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            done = conn.execute(
+                "SELECT 1 FROM schema_migrations WHERE version = ?", (migration.version,)
+            ).fetchone()
+            if True:
+                for statement in sqlite_statements(migration.sql):
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
+                    (migration.version, int(time.time())),
+                )
+                applied.append(migration.version)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        if done is None:
+            log.info("applied %s migration %04d_%s", dialect, migration.version, migration.name)
+    newest = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0]
+    if migrations and newest is not None and newest > migrations[-1].version:
+        log.warning(
+            "the database schema is at version %d, newer than this build knows (%d)",
+            newest, migrations[-1].version,
+        )
+    return applied

@@ -1,0 +1,415 @@
+"""SQLite store: one long-lived connection driven by one dedicated thread.
+
+Rules:
+- Every public method is one job for the store's thread: its statements run there back to
+  back, so a method costs one thread hop however many statements it runs, and jobs never
+  interleave within a process. The event loop only encodes JSON and waits.
+- Writes run in ``BEGIN IMMEDIATE ... COMMIT`` (the write lock is taken up front, so
+  concurrent writers wait on the busy timeout instead of failing on a lock upgrade). A job
+  cancelled by its caller still runs to the end: a transaction is never cut in half.
+- SQL text is constant, so the connection's statement cache prepares each statement once.
+  Id lists travel as one JSON array parameter (``json_each(?)``), never as N placeholders.
+- A row is hidden once ``expires_at <= now``. Deleting a response that later rows still
+  build on leaves a tombstone (body wiped, ``expires_at`` 0) that keeps the items it
+  introduced; a tombstone or expired row is removed, items and all, once no live response
+  descends from it. Branches therefore never lose history when an ancestor goes.
+- ``sqlite3`` errors leave as ``ServerError`` (logged with their cause).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import orjson
+
+from respond.errors import ServerError
+from respond.store import Item, ItemPage, StoredResponse
+from respond.store.migrations import apply_sqlite
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+BUSY_TIMEOUT_MS = 5000
+PURGE_BATCH = 500  # responses removed per transaction, so a large purge never holds the lock long
+TOMBSTONE_EXPIRES_AT = 0
+
+_RESPONSE_COLUMNS = "body, context_ids, output_ids, previous_response_id, created_at, expires_at"
+
+_UPSERT_RESPONSE = f"""
+INSERT INTO responses (id, {_RESPONSE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (id) DO UPDATE SET
+    body = excluded.body, context_ids = excluded.context_ids, output_ids = excluded.output_ids,
+    previous_response_id = excluded.previous_response_id, created_at = excluded.created_at,
+    expires_at = excluded.expires_at
+"""
+# An upsert, not INSERT OR REPLACE: REPLACE deletes the old row, which would cascade to items.
+
+# Items are immutable: a known id keeps its first content and owner. ON CONFLICT DO NOTHING
+# rather than INSERT OR IGNORE, which would also swallow NOT NULL violations silently.
+_INSERT_ITEM = (
+    "INSERT INTO items (id, response_id, data) VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING"
+)
+
+_SELECT_RESPONSE = f"SELECT {_RESPONSE_COLUMNS} FROM responses WHERE id = ? AND expires_at > ?"
+
+_SELECT_CONTEXT_IDS = "SELECT context_ids FROM responses WHERE id = ? AND expires_at > ?"
+
+# The items of a JSON array of ids as one JSON array text, in the ids' order: json_each walks
+# the array in order and CROSS JOIN keeps it the outer loop. One string and one orjson.loads
+# is much cheaper than a row and a loads per item. Missing items are simply absent; callers
+# check the order against the ids anyway (``_in_order``), so nothing rests on the plan alone.
+_SELECT_ITEMS_JSON = (
+    "SELECT '[' || group_concat(i.data, ',') || ']' "
+    "FROM json_each(?) AS j CROSS JOIN items AS i ON i.id = j.value"
+)
+
+_SELECT_ITEMS_BY_ID = "SELECT i.id, i.data FROM json_each(?) AS j JOIN items AS i ON i.id = j.value"
+
+_TOMBSTONE = f"""
+UPDATE responses SET body = '{{}}', context_ids = '[]', output_ids = '[]',
+    expires_at = {TOMBSTONE_EXPIRES_AT}
+WHERE id = ?1 AND expires_at > ?2
+"""
+
+# The response itself if nothing builds on it, then each hidden ancestor left childless by
+# the removal below it. Items go with their rows (ON DELETE CASCADE).
+_DELETE_UNBUILT = """
+DELETE FROM responses WHERE id IN (
+    WITH RECURSIVE doomed (id, parent) AS (
+        SELECT id, previous_response_id FROM responses
+        WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM responses WHERE previous_response_id = ?1)
+        UNION
+        SELECT p.id, p.previous_response_id
+        FROM doomed AS d JOIN responses AS p ON p.id = d.parent
+        WHERE p.expires_at <= ?2 AND NOT EXISTS (
+            SELECT 1 FROM responses AS c WHERE c.previous_response_id = p.id AND c.id <> d.id)
+    )
+    SELECT id FROM doomed
+)
+"""
+
+# Hidden rows with no live descendant. "keep" starts from hidden rows with a live child and
+# climbs through hidden ancestors; everything else hidden can go.
+_PURGE_BATCH = """
+DELETE FROM responses WHERE id IN (
+    SELECT id FROM responses
+    WHERE expires_at <= ?1 AND id NOT IN (
+        WITH RECURSIVE keep (id) AS (
+            SELECT p.id FROM responses AS p
+            WHERE p.expires_at <= ?1 AND EXISTS (
+                SELECT 1 FROM responses AS c
+                WHERE c.previous_response_id = p.id AND c.expires_at > ?1)
+            UNION
+            SELECT p.id FROM keep AS k
+            JOIN responses AS c ON c.id = k.id
+            JOIN responses AS p ON p.id = c.previous_response_id
+            WHERE p.expires_at <= ?1
+        )
+        SELECT id FROM keep
+    )
+    LIMIT ?2
+)
+"""
+
+
+def database_path(url_or_path: str | Path) -> str:
+    """``sqlite:///rel/path.db``, ``sqlite:////abs/path.db``, ``sqlite:///:memory:`` or a path."""
+    text = str(url_or_path)
+    if text.startswith("sqlite://"):
+        rest = text.removeprefix("sqlite://")
+        if rest in ("", "/", "/:memory:"):
+            return ":memory:"
+        if not rest.startswith("/"):
+            raise ValueError(f"expected sqlite:///path, got {text!r}")
+        return rest[1:]
+    if "://" in text:
+        raise ValueError(f"not an SQLite URL: {text!r}")
+    return text
+
+
+class _Worker:
+    """One thread that runs jobs in order and hands results back to the caller's loop."""
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self._thread.start()
+
+    def _main(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            loop, future, fn, args = job
+            try:
+                result = fn(*args)
+            except BaseException as exc:  # handed to the awaiting caller, re-raised there
+                loop.call_soon_threadsafe(_settle_error, future, exc)
+            else:
+                loop.call_soon_threadsafe(_settle, future, result)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._jobs.put((loop, future, fn, args))
+        return await future
+
+    async def stop(self) -> None:
+        self._jobs.put(None)
+        await asyncio.to_thread(self._thread.join)
+
+
+def _settle(future: asyncio.Future[Any], result: Any) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _settle_error(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
+
+
+class SQLiteStore:
+    """The ``Store`` protocol on SQLite. Open with ``await SQLiteStore.open(url)``.
+
+    ``statements`` counts the SQL statements run so far (``BEGIN``/``COMMIT`` included),
+    for benchmarks and tests.
+    """
+
+    def __init__(self, worker: _Worker, conn: sqlite3.Connection) -> None:
+        self._worker = worker
+        self._conn = conn
+        self._closed = False
+        self.statements = 0
+
+    @classmethod
+    async def open(cls, url_or_path: str | Path) -> SQLiteStore:
+        path = database_path(url_or_path)
+        worker = _Worker("respond-sqlite")
+        try:
+            conn = await worker.run(_connect, path)
+        except BaseException:
+            await worker.stop()
+            raise
+        return cls(worker, conn)
+
+    # -- the thread hop ----------------------------------------------------------------------
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._closed:
+            raise RuntimeError("the store is closed")
+        try:
+            return await self._worker.run(fn, *args)
+        except sqlite3.Error as exc:
+            log.error("SQLite error in %s", fn.__name__, exc_info=exc)
+            raise ServerError("The response store failed; try again later.") from exc
+
+    def _execute(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
+        self.statements += 1
+        return self._conn.execute(sql, params)
+
+    def _write(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` inside one write transaction (on the store's thread)."""
+        self._execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(*args)
+            self._execute("COMMIT")
+        except BaseException:
+            if self._conn.in_transaction:
+                self._execute("ROLLBACK")
+            raise
+        return result
+
+    # -- Store -------------------------------------------------------------------------------
+
+    async def save_response(self, response: StoredResponse, new_items: list[Item]) -> None:
+        row = (
+            response.id,
+            orjson.dumps(response.body).decode(),
+            orjson.dumps(response.context_ids).decode(),
+            orjson.dumps(response.output_ids).decode(),
+            response.previous_response_id,
+            response.created_at,
+            response.expires_at,
+        )
+        items = [(item["id"], response.id, orjson.dumps(item).decode()) for item in new_items]
+        await self._run(self._write, self._save, row, items)
+
+    def _save(self, row: tuple[Any, ...], items: list[tuple[str, str, str]]) -> None:
+        self._execute(_UPSERT_RESPONSE, row)
+        if items:
+            self.statements += 1
+            self._conn.executemany(_INSERT_ITEM, items)
+
+    async def get_response(self, response_id: str, now: int) -> StoredResponse | None:
+        return await self._run(self._get_response, response_id, now)
+
+    def _get_response(self, response_id: str, now: int) -> StoredResponse | None:
+        row = self._execute(_SELECT_RESPONSE, (response_id, now)).fetchone()
+        return None if row is None else _stored_response(response_id, row)
+
+    async def get_items(self, item_ids: list[str]) -> dict[str, Item]:
+        if not item_ids:
+            return {}
+        return await self._run(self._get_items, orjson.dumps(item_ids).decode())
+
+    def _get_items(self, ids_json: str) -> dict[str, Item]:
+        rows = self._execute(_SELECT_ITEMS_BY_ID, (ids_json,)).fetchall()
+        return {item_id: orjson.loads(data) for item_id, data in rows}
+
+    async def load_context(
+        self, response_id: str, now: int
+    ) -> tuple[StoredResponse, list[Item]] | None:
+        return await self._run(self._load_context, response_id, now)
+
+    def _load_context(self, response_id: str, now: int) -> tuple[StoredResponse, list[Item]] | None:
+        row = self._execute(_SELECT_RESPONSE, (response_id, now)).fetchone()
+        if row is None:
+            return None
+        response = _stored_response(response_id, row)
+        ids = response.context_ids + response.output_ids
+        return response, self._items_in_order(response_id, ids)
+
+    def _items_in_order(self, response_id: str, ids: list[str]) -> list[Item]:
+        if not ids:
+            return []
+        (text,) = self._execute(_SELECT_ITEMS_JSON, (orjson.dumps(ids).decode(),)).fetchone()
+        return _in_order(response_id, ids, [] if text is None else orjson.loads(text))
+
+    async def list_input_items(
+        self,
+        response_id: str,
+        *,
+        limit: int,
+        order: Literal["asc", "desc"],
+        after: str | None,
+        before: str | None,
+        now: int,
+    ) -> ItemPage | None:
+        return await self._run(
+            self._list_input_items, response_id, limit, order, after, before, now
+        )
+
+    def _list_input_items(
+        self,
+        response_id: str,
+        limit: int,
+        order: Literal["asc", "desc"],
+        after: str | None,
+        before: str | None,
+        now: int,
+    ) -> ItemPage | None:
+        row = self._execute(_SELECT_CONTEXT_IDS, (response_id, now)).fetchone()
+        if row is None:
+            return None
+        ids: list[str] = orjson.loads(row[0])
+        if order == "desc":
+            ids.reverse()
+        page_ids, has_more = page(ids, limit=limit, after=after, before=before)
+        return ItemPage(items=self._items_in_order(response_id, page_ids), has_more=has_more)
+
+    async def delete_response(self, response_id: str, now: int) -> bool:
+        return await self._run(self._write, self._delete, response_id, now)
+
+    def _delete(self, response_id: str, now: int) -> bool:
+        if self._execute(_TOMBSTONE, (response_id, now)).rowcount == 0:
+            return False
+        self._execute(_DELETE_UNBUILT, (response_id, now))
+        return True
+
+    async def purge_expired(self, now: int) -> int:
+        removed = 0
+        while True:  # one transaction per batch, so saves from other requests get in between
+            count = await self._run(self._write, self._purge_batch, now)
+            removed += count
+            if count < PURGE_BATCH:
+                return removed
+
+    def _purge_batch(self, now: int) -> int:
+        return self._execute(_PURGE_BATCH, (now, PURGE_BATCH)).rowcount
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        await self._run(self._conn.close)
+        self._closed = True
+        await self._worker.stop()
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    if path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    # isolation_level=None: we write BEGIN/COMMIT ourselves. check_same_thread=False only
+    # because the connection object is created here and closed by a later job, always on
+    # this same worker thread.
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        apply_sqlite(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _stored_response(response_id: str, row: tuple[Any, ...]) -> StoredResponse:
+    body, context_ids, output_ids, previous_response_id, created_at, expires_at = row
+    return StoredResponse(
+        id=response_id,
+        body=orjson.loads(body),
+        context_ids=orjson.loads(context_ids),
+        output_ids=orjson.loads(output_ids),
+        previous_response_id=previous_response_id,
+        created_at=created_at,
+        expires_at=expires_at,
+    )
+
+
+def _in_order(response_id: str, ids: list[str], items: list[Item]) -> list[Item]:
+    """``items`` as ``ids`` orders them; a missing item (a bug elsewhere) is logged and skipped."""
+    if len(items) == len(ids) and all(item.get("id") == i for item, i in zip(items, ids)):
+        return items
+    by_id = {item.get("id"): item for item in items}
+    ordered = []
+    for item_id in ids:
+        item = by_id.get(item_id)
+        if item is None:
+            log.error("response %s refers to missing item %s; skipped", response_id, item_id)
+        else:
+            ordered.append(item)
+    return ordered
+
+
+def page(
+    ids: list[str], *, limit: int, after: str | None, before: str | None
+) -> tuple[list[str], bool]:
+    """A page of ``ids`` (already in the requested order) and whether more lie beyond it.
+
+    ``after``: ids strictly after that id; ``before``: strictly before it. With only
+    ``before``, the page is the ``limit`` ids just before it (the previous page) and
+    ``has_more`` tells whether more lie further back. An unknown cursor gives an empty page.
+    """
+    start, stop = 0, len(ids)
+    try:
+        if after is not None:
+            start = ids.index(after) + 1
+        if before is not None:
+            stop = ids.index(before)
+    except ValueError:
+        return [], False
+    window = ids[start:stop]
+    has_more = len(window) > limit
+    if before is not None and after is None:
+        return window[max(len(window) - limit, 0) :], has_more
+    return window[:limit], has_more

@@ -1,0 +1,229 @@
+"""The embedded llama.cpp backend, against the real bundled SmolLM2-135M model."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+
+import jsonschema
+import pytest
+import pytest_asyncio
+
+from respond.backends import Backend
+from respond.backends.llamacpp import LlamaCppBackend, bundled_model_path
+from respond.domain import Delta, Finish, Generation, TextDelta
+from respond.errors import BackendError, ContextOverflow, InvalidRequest
+from respond.settings import ConfigError, LlamaCppModel
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+CONTEXT = 1024
+HELLO = [{"role": "user", "content": "Say hello to Ada in one short sentence."}]
+STORY = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def backend() -> AsyncIterator[LlamaCppBackend]:
+    loaded = await LlamaCppBackend.load(
+        LlamaCppModel(backend="llamacpp", context=CONTEXT, parallel=2, threads=2)
+    )
+    yield loaded
+    await loaded.aclose()
+
+
+async def collect(backend: LlamaCppBackend, request: Generation) -> list[Delta]:
+    return [delta async for delta in backend.generate(request)]
+
+
+def finish_of(deltas: list[Delta]) -> Finish:
+    """The closing ``Finish``, checking it is the only one and comes last."""
+    assert isinstance(deltas[-1], Finish)
+    assert not any(isinstance(d, Finish) for d in deltas[:-1])
+    return deltas[-1]
+
+
+def text_of(deltas: list[Delta]) -> str:
+    return "".join(d.text for d in deltas if isinstance(d, TextDelta))
+
+
+def endless(messages: list[dict[str, str]], tokens: int) -> Generation:
+    """A generation that runs exactly ``tokens`` tokens (the model may not stop early)."""
+    return Generation(messages, max_output_tokens=tokens, extra={"ignore_eos": True})
+
+
+async def test_bundled_model_is_found_and_a_missing_package_is_named() -> None:
+    assert bundled_model_path().suffix == ".gguf"
+    with pytest.raises(ConfigError, match="'no-such-model-package' package"):
+        bundled_model_path("no-such-model-package")
+
+
+async def test_is_a_backend(backend: LlamaCppBackend) -> None:
+    assert isinstance(backend, Backend)
+    assert backend.context_window == CONTEXT
+    assert backend.vision is False
+
+
+async def test_streams_text_then_one_finish_with_real_usage(backend: LlamaCppBackend) -> None:
+    deltas = await collect(backend, Generation(HELLO, max_output_tokens=64, temperature=0))
+
+    finish = finish_of(deltas)
+    assert finish.reason == "stop"
+    assert all(isinstance(d, TextDelta) for d in deltas[:-1])
+    assert text_of(deltas).strip()
+    assert finish.usage is not None
+    assert finish.usage.input_tokens > 0
+    text_deltas = len(deltas) - 1  # one per token
+    assert finish.usage.output_tokens == text_deltas + 1  # + the silent end-of-turn token
+
+
+async def test_max_output_tokens_ends_with_length(backend: LlamaCppBackend) -> None:
+    deltas = await collect(backend, Generation(STORY, max_output_tokens=8, temperature=0))
+
+    finish = finish_of(deltas)
+    assert finish.reason == "length"
+    assert finish.usage is not None and finish.usage.output_tokens == 8
+    assert len(deltas) == 8 + 1
+
+
+async def test_count_tokens_equals_what_the_engine_bills(backend: LlamaCppBackend) -> None:
+    messages = [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "Name three colours."},
+        {"role": "assistant", "content": "Red, green, blue."},
+        {"role": "user", "content": "Three more, please."},
+    ]
+    counted = await backend.count_tokens(messages)
+
+    deltas = await collect(backend, Generation(messages, max_output_tokens=1))
+    usage = finish_of(deltas).usage
+    assert usage is not None and counted == usage.input_tokens
+
+
+async def test_an_over_long_prompt_raises_context_overflow(backend: LlamaCppBackend) -> None:
+    messages = [{"role": "user", "content": "lighthouse " * 1500}]
+    received: list[Delta] = []
+
+    with pytest.raises(ContextOverflow) as caught:
+        async for delta in backend.generate(Generation(messages, max_output_tokens=8)):
+            received.append(delta)
+
+    assert received == []
+    assert caught.value.context_window == CONTEXT
+    assert caught.value.prompt_tokens is not None and caught.value.prompt_tokens > CONTEXT
+    assert caught.value.prompt_tokens == await backend.count_tokens(messages)
+
+
+async def test_json_schema_in_extra_constrains_the_output(backend: LlamaCppBackend) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"colour": {"enum": ["red", "green", "blue"]}, "bright": {"type": "boolean"}},
+        "required": ["colour", "bright"],
+        "additionalProperties": False,
+    }
+    deltas = await collect(
+        backend,
+        Generation(HELLO, max_output_tokens=64, temperature=0, extra={"json_schema": schema}),
+    )
+
+    assert finish_of(deltas).reason == "stop"
+    jsonschema.validate(json.loads(text_of(deltas)), schema)
+
+
+async def test_a_request_the_engine_refuses_is_invalid(backend: LlamaCppBackend) -> None:
+    with pytest.raises(InvalidRequest, match="bogus"):
+        await collect(backend, Generation(HELLO, extra={"json_schema": {"type": "bogus"}}))
+
+
+async def test_two_generations_run_in_parallel_slots(backend: LlamaCppBackend) -> None:
+    loop = asyncio.get_running_loop()
+    first_delta: list[float] = []
+    finished: list[float] = []
+
+    async def run_and_mark() -> None:
+        seen = False
+        async for delta in backend.generate(endless(STORY, 40)):
+            if isinstance(delta, Finish):
+                finished.append(loop.time())
+            elif not seen:
+                seen = True
+                first_delta.append(loop.time())
+
+    await asyncio.gather(run_and_mark(), run_and_mark())
+
+    assert len(first_delta) == 2 and len(finished) == 2
+    # both streams were producing before either of them ended
+    assert max(first_delta) < min(finished)
+
+
+async def test_abandoned_generations_stop_free_their_slots_and_never_block_the_loop(
+    backend: LlamaCppBackend,
+) -> None:
+    loop = asyncio.get_running_loop()
+    gaps: list[float] = []
+
+    async def tick() -> None:
+        last = loop.time()
+        while True:
+            await asyncio.sleep(0.005)
+            now = loop.time()
+            gaps.append(now - last)
+            last = now
+
+    # what serving 8 tokens costs on this machine, right now, with free slots
+    began = time.perf_counter()
+    await collect(backend, endless(HELLO, 8))
+    baseline = time.perf_counter() - began
+
+    ticker = asyncio.create_task(tick())
+
+    # one consumer closes its stream, the other is cancelled: both slots were busy
+    # with 500-token generations, which would hold them for several seconds
+    closed = backend.generate(endless(STORY, 500))
+    for _ in range(3):
+        assert isinstance(await anext(closed), TextDelta)
+
+    reading = asyncio.Event()
+
+    async def consume() -> None:
+        count = 0
+        async for _ in backend.generate(endless(STORY, 500)):
+            count += 1
+            if count == 3:
+                reading.set()
+
+    consumer = asyncio.create_task(consume())
+    await reading.wait()
+    await closed.aclose()
+    consumer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await consumer
+
+    began = time.perf_counter()
+    deltas = await asyncio.wait_for(collect(backend, endless(HELLO, 8)), timeout=10)
+    elapsed = time.perf_counter() - began
+    ticker.cancel()
+
+    assert finish_of(deltas).reason == "length"
+    # had they run on, the request would wait for ~500 tokens; it waited for none
+    bound = max(1.5, 10 * baseline)
+    assert elapsed < bound, f"8 tokens took {elapsed:.2f} s (free slots: {baseline:.2f} s)"
+    assert gaps and max(gaps) < 0.05, f"the event loop stalled for {max(gaps):.3f} s"
+
+
+async def test_aclose_ends_a_running_stream_with_an_error_and_refuses_new_work() -> None:
+    own = await LlamaCppBackend.load(LlamaCppModel(backend="llamacpp", context=256, parallel=1))
+    stream = own.generate(endless(STORY, 200))
+    assert isinstance(await anext(stream), TextDelta)
+
+    began = time.perf_counter()
+    await own.aclose()
+    assert time.perf_counter() - began < 2
+
+    with pytest.raises(BackendError, match="shut down"):
+        async for _ in stream:
+            pass
+    with pytest.raises(BackendError):
+        await collect(own, Generation(HELLO))
+    await own.aclose()  # idempotent

@@ -1,0 +1,410 @@
+"""OpenAICompatBackend against a real HTTP upstream (``respond.testing.upstream``) on loopback.
+
+Prompt sizes below follow the upstream's rule: 3 tokens per message plus its words.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import httpx
+import pytest
+
+from respond.backends import Backend
+from respond.backends.openai_compat import OpenAICompatBackend
+from respond.domain import Delta, Finish, Generation, TextDelta, ToolCallDelta, Usage
+from respond.errors import BackendError, BackendTimeout, ContextOverflow
+from respond.settings import OpenAIModel
+from respond.testing.upstream import UpstreamServer
+
+HELLO = Generation(messages=[{"role": "user", "content": "hello there world"}])  # 6 tokens
+ALL_TOKENS = "".join(f" tok{i}" for i in range(16)).lstrip()
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[UpstreamServer]:
+    with UpstreamServer(tokens=16) as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def _fresh_upstream(upstream: UpstreamServer) -> None:
+    upstream.reset()
+
+
+def make_backend(base_url: str, **config: object) -> OpenAICompatBackend:
+    return OpenAICompatBackend(
+        OpenAIModel.model_validate({"backend": "openai", "base_url": base_url, **config}),
+        "public-name",
+    )
+
+
+@pytest.fixture
+async def backend(upstream: UpstreamServer) -> AsyncIterator[OpenAICompatBackend]:
+    backend = make_backend(upstream.base_url)
+    yield backend
+    await backend.aclose()
+
+
+async def collect(stream: AsyncIterator[Delta]) -> list[Delta]:
+    return [delta async for delta in stream]
+
+
+async def wait_for(condition: Callable[[], bool], within: float = 3.0) -> bool:
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def test_is_a_backend_with_the_configured_capabilities(upstream: UpstreamServer) -> None:
+    backend = make_backend(upstream.base_url, vision=True, context=4096)
+    try:
+        assert isinstance(backend, Backend)
+        assert backend.vision is True
+        assert backend.context_window == 4096
+        assert await backend.count_tokens(HELLO.messages) is None
+    finally:
+        await backend.aclose()
+
+
+async def test_streams_text_deltas_then_finish_with_usage(
+    backend: OpenAICompatBackend, upstream: UpstreamServer
+) -> None:
+    deltas = await collect(backend.generate(HELLO))
+
+    texts = [d for d in deltas if isinstance(d, TextDelta)]
+    assert len(texts) == len(deltas) - 1 == 16  # one delta per streamed chunk
+    assert "".join(d.text for d in texts) == ALL_TOKENS
+    assert deltas[-1] == Finish("stop", Usage(input_tokens=6, output_tokens=16))
+    [received] = upstream.requests
+    assert received.path == "/v1/chat/completions"
+    assert received.body["model"] == "public-name"
+    assert received.body["messages"] == HELLO.messages
+    assert received.body["stream"] is True
+    assert received.body["stream_options"] == {"include_usage": True}
+
+
+async def test_configured_model_id_is_sent_upstream(upstream: UpstreamServer) -> None:
+    backend = make_backend(upstream.base_url, model="org/real-model-id")
+    try:
+        await collect(backend.generate(HELLO))
+    finally:
+        await backend.aclose()
+    assert upstream.requests[0].body["model"] == "org/real-model-id"
+
+
+async def test_max_output_tokens_ends_with_length(
+    backend: OpenAICompatBackend, upstream: UpstreamServer
+) -> None:
+    deltas = await collect(backend.generate(Generation(HELLO.messages, max_output_tokens=3)))
+
+    assert deltas == [
+        TextDelta("tok0"),
+        TextDelta(" tok1"),
+        TextDelta(" tok2"),
+        Finish("length", Usage(input_tokens=6, output_tokens=3)),
+    ]
+    assert upstream.requests[0].body["max_tokens"] == 3
+
+
+async def test_streamed_tool_call_fragments_reassemble(
+    backend: OpenAICompatBackend, upstream: UpstreamServer
+) -> None:
+    upstream.configure(
+        tokens=0,
+        tool_calls=[
+            {"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}},
+            {"name": "search", "arguments": '{"query": "respond server"}'},
+        ],
+    )
+
+    deltas = await collect(backend.generate(HELLO))
+
+    calls = [d for d in deltas if isinstance(d, ToolCallDelta)]
+    assert {d.index for d in calls} == {0, 1}
+    assembled = {}
+    for index in (0, 1):
+        parts = [d for d in calls if d.index == index]
+        assert len([p for p in parts if p.arguments]) > 1  # really streamed in fragments
+        assert parts[0].id and parts[0].name
+        assert all(p.id is None and p.name is None for p in parts[1:])
+        assembled[parts[0].name] = json.loads("".join(p.arguments for p in parts))
+    assert assembled == {
+        "get_weather": {"city": "Paris", "unit": "celsius"},
+        "search": {"query": "respond server"},
+    }
+    assert isinstance(deltas[-1], Finish) and deltas[-1].reason == "tool_calls"
+
+
+async def test_sends_only_the_parameters_that_are_set(upstream: UpstreamServer) -> None:
+    backend = make_backend(upstream.base_url, api_key="sk-upstream")
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    request = Generation(
+        HELLO.messages,
+        max_output_tokens=64,
+        temperature=0.25,
+        tools=tools,
+        tool_choice="auto",
+        parallel_tool_calls=False,
+        response_format={"type": "json_object"},
+        extra={"seed": 7, "stop": None},
+    )
+    try:
+        await collect(backend.generate(request))
+    finally:
+        await backend.aclose()
+
+    [received] = upstream.requests
+    body = received.body
+    assert body["max_tokens"] == 64
+    assert body["temperature"] == 0.25
+    assert body["tools"] == tools
+    assert body["tool_choice"] == "auto"
+    assert body["parallel_tool_calls"] is False
+    assert body["response_format"] == {"type": "json_object"}
+    assert body["seed"] == 7
+    assert "top_p" not in body and "stop" not in body
+    assert None not in body.values()
+    assert received.headers["authorization"] == "Bearer sk-upstream"
+
+
+async def test_no_authorization_header_without_api_key(
+    backend: OpenAICompatBackend, upstream: UpstreamServer
+) -> None:
+    await collect(backend.generate(HELLO))
+    assert "authorization" not in upstream.requests[0].headers
+    assert "temperature" not in upstream.requests[0].body
+
+
+async def test_wrong_api_key_is_a_backend_error(upstream: UpstreamServer) -> None:
+    upstream.api_key = "sk-right"
+    backend = make_backend(upstream.base_url, api_key="sk-wrong")
+    try:
+        with pytest.raises(BackendError) as caught:
+            await collect(backend.generate(HELLO))
+    finally:
+        upstream.api_key = None
+        await backend.aclose()
+    assert caught.value.status == 502
+    assert "401" in caught.value.message and "Incorrect API key" in caught.value.message
+
+
+async def test_upstream_500_is_a_backend_error_502(
+    backend: OpenAICompatBackend, upstream: UpstreamServer
+) -> None:
+    upstream.configure(error_status=500, error_message="the GPU caught fire")
+
+    with pytest.raises(BackendError) as caught:
+        await collect(backend.generate(HELLO))
+
+    assert not isinstance(caught.value, BackendTimeout)
+    assert caught.value.status == 502
+    assert "the GPU caught fire" in caught.value.message
+
+
+async def test_non_json_error_body_is_quoted(upstream: UpstreamServer) -> None:
+    backend = make_backend(upstream.base_url.removesuffix("/v1"))  # no such route: 404
+    try:
+        with pytest.raises(BackendError) as caught:
+            await collect(backend.generate(HELLO))
+    finally:
+        await backend.aclose()
+    assert "404" in caught.value.message and "Not Found" in caught.value.message
+
+
+async def test_context_length_error_is_context_overflow(
+    backend: OpenAICompatBackend, upstream: UpstreamServer
+) -> None:
+    upstream.configure(context_limit=100)
+    long = Generation([{"role": "user", "content": "word " * 150}])
+
+    with pytest.raises(ContextOverflow) as caught:
+        await collect(backend.generate(long))
+    assert "maximum context length is 100 tokens" in str(caught.value)
+
+    # a prompt that fits is answered normally
+    deltas = await collect(backend.generate(HELLO))
+    assert deltas[-1] == Finish("stop", Usage(6, 16))
+
+
+async def test_silent_upstream_times_out_with_504(upstream: UpstreamServer) -> None:
+    upstream.configure(delay=2.0)
+    backend = make_backend(upstream.base_url, timeout=0.3)
+    started = time.monotonic()
+    try:
+        with pytest.raises(BackendTimeout) as caught:
+            await collect(backend.generate(HELLO))
+    finally:
+        await backend.aclose()
+    assert time.monotonic() - started < 1.5
+    assert caught.value.status == 504
+    assert upstream.base_url in caught.value.message
+
+
+async def test_unreachable_upstream_is_a_backend_error() -> None:
+    base_url = f"http://127.0.0.1:{free_port()}/v1"
+    backend = make_backend(base_url)
+    try:
+        with pytest.raises(BackendError) as caught:
+            await collect(backend.generate(HELLO))
+    finally:
+        await backend.aclose()
+    assert caught.value.status == 502
+    assert f"cannot reach upstream at {base_url}" in caught.value.message
+
+
+async def test_stream_broken_midway_raises_after_the_deltas_received(
+    backend: OpenAICompatBackend, upstream: UpstreamServer
+) -> None:
+    upstream.configure(break_after=4)
+    received: list[Delta] = []
+
+    with pytest.raises(BackendError) as caught:
+        async for delta in backend.generate(HELLO):
+            received.append(delta)
+
+    assert received == [
+        TextDelta("tok0"),
+        TextDelta(" tok1"),
+        TextDelta(" tok2"),
+        TextDelta(" tok3"),
+    ]
+    assert not isinstance(caught.value, BackendTimeout)
+    assert upstream.base_url in caught.value.message
+
+
+async def test_closing_the_stream_early_disconnects_the_upstream(
+    backend: OpenAICompatBackend, upstream: UpstreamServer
+) -> None:
+    upstream.configure(delay=0.05, tokens=200)
+    stream = backend.generate(HELLO)
+
+    first = await anext(stream)
+    second = await anext(stream)
+    await stream.aclose()
+
+    assert [first, second] == [TextDelta("tok0"), TextDelta(" tok1")]
+    assert await wait_for(lambda: upstream.disconnects == 1)
+
+
+async def test_cancelling_the_consumer_disconnects_the_upstream(
+    backend: OpenAICompatBackend, upstream: UpstreamServer
+) -> None:
+    upstream.configure(delay=0.05, tokens=200)
+    got_one = asyncio.Event()
+
+    async def consume() -> None:
+        async for _ in backend.generate(HELLO):
+            got_one.set()
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(got_one.wait(), 3)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    assert await wait_for(lambda: upstream.disconnects == 1)
+
+
+async def test_connections_are_kept_alive_between_generations(
+    backend: OpenAICompatBackend, upstream: UpstreamServer
+) -> None:
+    for _ in range(3):
+        await collect(backend.generate(HELLO))
+
+    ports = {received.client for received in upstream.requests}
+    assert len(upstream.requests) == 3
+    assert len(ports) == 1
+
+
+async def test_shared_client_is_left_open(upstream: UpstreamServer) -> None:
+    async with httpx.AsyncClient() as client:
+        config = OpenAIModel(backend="openai", base_url=upstream.base_url)
+        backend = OpenAICompatBackend(config, "public-name", client)
+        deltas = await collect(backend.generate(HELLO))
+        await backend.aclose()
+
+        assert deltas[-1] == Finish("stop", Usage(6, 16))
+        answer = await client.get(f"{upstream.base_url}/models")
+        assert answer.status_code == 200
+
+
+# -- wire details a real upstream might produce, served by a hand-written transport ---------
+
+
+class _Blocks(httpx.AsyncByteStream):
+    def __init__(self, blocks: list[bytes]) -> None:
+        self.blocks = blocks
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for block in self.blocks:
+            yield block
+
+
+async def generate_from(
+    blocks: list[bytes], content_type: str = "text/event-stream"
+) -> list[Delta]:
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-type": content_type}, stream=_Blocks(blocks))
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
+        config = OpenAIModel(backend="openai", base_url="http://upstream.test/v1")
+        backend = OpenAICompatBackend(config, "m", client)
+        return await collect(backend.generate(HELLO))
+
+
+def chunk(delta: dict, finish: str | None = None) -> str:
+    return json.dumps({"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+
+
+async def test_sse_comments_crlf_and_events_split_across_reads() -> None:
+    stream = (
+        f": keep-alive\r\n\r\ndata: {chunk({'content': 'Hel'})}\r\n\r\n"
+        f"event: message\ndata:{chunk({'content': 'lo'})}\n\n"
+        f"data: {chunk({}, 'stop')}\n\n"
+        'data: {"choices": [], "usage": {"prompt_tokens": 2, "completion_tokens": 2}}\n\n'
+        "data: [DONE]\n\n"
+    ).encode()
+    blocks = [stream[i : i + 7] for i in range(0, len(stream), 7)]
+
+    assert await generate_from(blocks) == [
+        TextDelta("Hel"),
+        TextDelta("lo"),
+        Finish("stop", Usage(2, 2)),
+    ]
+
+
+async def test_whole_json_answer_is_accepted() -> None:
+    body = {
+        "choices": [{"index": 0, "message": {"content": "Hi"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1},
+    }
+    deltas = await generate_from([json.dumps(body).encode()], "application/json")
+    assert deltas == [TextDelta("Hi"), Finish("stop", Usage(3, 1))]
+
+
+@pytest.mark.parametrize(
+    "stream",
+    [
+        b"data: {not json\n\n",
+        b'data: {"error": {"message": "engine crashed"}}\n\n',
+        ("data: " + chunk({"content": "cut short"}) + "\n\n").encode(),  # no finish, no [DONE]
+    ],
+    ids=["bad-json", "error-chunk", "ends-early"],
+)
+async def test_bad_streams_are_backend_errors(stream: bytes) -> None:
+    with pytest.raises(BackendError):
+        await generate_from([stream])
