@@ -58,7 +58,7 @@ def response(
 
 async def save_turn(
     store: SQLiteStore, response_id: str, parent: StoredResponse | None, n_inputs: int = 1,
-    **times: int,
+    *, expires_at: int = NOW + TTL,
 ) -> StoredResponse:
     """A turn the way the engine saves it: inherited context + new input, then its output."""
     inputs = [message(f"{response_id}_in{k}", f"question {k} of {response_id}")
@@ -66,7 +66,7 @@ async def save_turn(
     output = message(f"{response_id}_out", f"answer of {response_id}", role="assistant")
     inherited = [] if parent is None else parent.context_ids + parent.output_ids
     saved = response(response_id, inherited + [i["id"] for i in inputs], [output["id"]],
-                     None if parent is None else parent.id, **times)
+                     None if parent is None else parent.id, expires_at=expires_at)
     await store.save_response(saved, inputs + [output])
     return saved
 
@@ -193,7 +193,11 @@ async def test_branches_see_their_own_context(store: SQLiteStore) -> None:
     deeper = await save_turn(store, "resp_deeper", left)
 
     shared = ["resp_root_in0", "resp_root_out"]
-    got = {r.id: ids((await store.load_context(r.id, NOW))[1]) for r in (left, right, deeper)}
+    got = {}
+    for branch in (left, right, deeper):
+        loaded = await store.load_context(branch.id, NOW)
+        assert loaded is not None
+        got[branch.id] = ids(loaded[1])
     assert got["resp_left"] == shared + ["resp_left_in0", "resp_left_out"]
     assert got["resp_right"] == shared + ["resp_right_in0", "resp_right_out"]
     assert got["resp_deeper"] == got["resp_left"] + ["resp_deeper_in0", "resp_deeper_out"]

@@ -88,7 +88,7 @@ def apply_sqlite(conn: sqlite3.Connection, dialect: str = "sqlite") -> list[int]
             done = conn.execute(
                 "SELECT 1 FROM schema_migrations WHERE version = ?", (migration.version,)
             ).fetchone()
-            if True:
+            if done is None:
                 for statement in sqlite_statements(migration.sql):
                     conn.execute(statement)
                 conn.execute(

@@ -151,7 +151,7 @@ class _Worker:
             loop, future, fn, args = job
             try:
                 result = fn(*args)
-            except BaseException as exc:  # handed to the awaiting caller, re-raised there
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the awaiting caller
                 loop.call_soon_threadsafe(_settle_error, future, exc)
             else:
                 loop.call_soon_threadsafe(_settle, future, result)
