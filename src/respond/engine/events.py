@@ -38,6 +38,12 @@ class EventBuilder:
         self._message: dict[str, Any] | None = None  # the open output message, if any
         self._text: list[str] = []
         self._output_index = -1
+        self._call: dict[str, Any] | None = None  # the open function call, if any
+        self._call_key: int | None = None  # the backend's index of the open call
+        self._arguments: list[str] = []
+        self._pending_arguments: str = ""  # fragments that came before the call's name
+        self.calls_made = 0
+        self.max_calls: int | None = None  # calls beyond this are dropped
 
     # -- framing ---------------------------------------------------------------------------
 
@@ -61,7 +67,7 @@ class EventBuilder:
         return [self._snapshot("response.created"), self._snapshot("response.in_progress")]
 
     def text(self, delta: str) -> list[Event]:
-        events: list[Event] = []
+        events: list[Event] = self._close_call()
         if self._message is None:
             events.extend(self._open_message())
         self._text.append(delta)
@@ -80,7 +86,8 @@ class EventBuilder:
     def finish(self, finish: Finish) -> list[Event]:
         """Close open items and end with ``response.completed`` or ``response.incomplete``."""
         incomplete = finish.reason == "length"
-        events = self._close_message("incomplete" if incomplete else "completed")
+        status = "incomplete" if incomplete else "completed"
+        events = self._close_message(status) + self._close_call(status)
         self.response["usage"] = usage_object(finish.usage)
         if incomplete:
             self.response["status"] = "incomplete"
@@ -98,7 +105,7 @@ class EventBuilder:
 
     def fail(self, message: str, code: str = "server_error") -> list[Event]:
         """A failure after the stream began: an ``error`` event, then ``response.failed``."""
-        events = self._close_message("incomplete")
+        events = self._close_message("incomplete") + self._close_call("incomplete")
         error = {"type": "server_error", "code": code, "message": message, "param": None}
         events.append(self._event("error", code=code, message=message, param=None, error=error))
         self.response["status"] = "failed"
@@ -112,6 +119,10 @@ class EventBuilder:
             self._message["content"][0]["text"] = "".join(self._text)
             self._message["status"] = "incomplete"
             self._message = None
+        if self._call is not None:
+            self._call["arguments"] = "".join(self._arguments)
+            self._call["status"] = "incomplete"
+            self._call = None
         self.response["status"] = "cancelled"
 
     # -- items -----------------------------------------------------------------------------
@@ -154,4 +165,56 @@ class EventBuilder:
                         content_index=0, part=copy.deepcopy(part)),
             self._event("response.output_item.done", output_index=index,
                         item=copy.deepcopy(message)),
+        ]
+
+    # -- function calls --------------------------------------------------------------------
+
+    def tool_call(self, key: int, call_id: str | None, name: str | None,
+                  arguments: str) -> list[Event]:
+        """A fragment of the backend's call number ``key`` (fragments of one call are adjacent)."""
+        events: list[Event] = []
+        if key != self._call_key:
+            events += self._close_message("completed") + self._close_call()
+            self._call_key = key
+            self._pending_arguments = ""
+        if self._call is None:
+            if not name:  # the name has not arrived yet: hold the arguments back
+                self._pending_arguments += arguments
+                return events
+            if self.max_calls is not None and self.calls_made >= self.max_calls:
+                return events  # over the limit: this call is dropped
+            arguments = self._pending_arguments + arguments
+            self._pending_arguments = ""
+            events += self._open_call(call_id or new_id("call"), name)
+        if self._call is None or not arguments:
+            return events
+        self._arguments.append(arguments)
+        events.append(self._event("response.function_call_arguments.delta",
+                                  item_id=self._call["id"], output_index=self._output_index,
+                                  delta=arguments))
+        return events
+
+    def _open_call(self, call_id: str, name: str) -> list[Event]:
+        item_id = new_id("function_call")
+        self._output_index = len(self.response["output"])
+        self._call = {"id": item_id, "type": "function_call", "status": "in_progress",
+                      "call_id": call_id, "name": name, "arguments": ""}
+        self._arguments = []
+        self.calls_made += 1
+        self.response["output"].append(self._call)
+        return [self._event("response.output_item.added", output_index=self._output_index,
+                            item=dict(self._call))]
+
+    def _close_call(self, status: str = "completed") -> list[Event]:
+        call = self._call
+        if call is None:
+            return []
+        self._call = None
+        call["arguments"] = "".join(self._arguments)
+        call["status"] = status
+        index = self._output_index
+        return [
+            self._event("response.function_call_arguments.done", item_id=call["id"],
+                        output_index=index, arguments=call["arguments"], name=call["name"]),
+            self._event("response.output_item.done", output_index=index, item=dict(call)),
         ]

@@ -9,13 +9,14 @@ broken stream). ``Run.events`` then yields the stream; a non-streaming reply is 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from respond.backends import Backend
-from respond.domain import Delta, Finish, Generation, TextDelta
+from respond.domain import Delta, Finish, Generation, TextDelta, ToolCallDelta
 from respond.engine.events import Event, EventBuilder
 from respond.engine.history import Item, to_messages, turn_starts
 from respond.errors import (
@@ -30,6 +31,7 @@ from respond.ids import new_id
 from respond.protocol.items import normalize_input
 from respond.protocol.request import CreateResponse
 from respond.protocol.response import response_skeleton
+from respond.protocol.tools import normalize_tools, plan_tools, response_format
 from respond.store import ItemPage, Store, StoredResponse
 
 log = logging.getLogger(__name__)
@@ -101,9 +103,11 @@ class Run:
     def _apply(self, delta: Delta) -> list[Event]:
         if isinstance(delta, TextDelta):
             return self.builder.text(delta.text)
+        if isinstance(delta, ToolCallDelta):
+            return self.builder.tool_call(delta.index, delta.id, delta.name, delta.arguments)
         if isinstance(delta, Finish):
             return self.builder.finish(delta)
-        return []  # reasoning and tool calls arrive with their features
+        return []  # reasoning is not shown until reasoning items are supported
 
     async def fold(self) -> dict[str, Any]:
         """Run to the end without streaming and return the final response."""
@@ -153,15 +157,25 @@ class ResponsesService:
         new_items = self._check_context(inherited_ids, inherited, items)
         context = inherited + items
 
+        tools = normalize_tools(req.tools)
+        plan = plan_tools(tools, req.tool_choice)
+        fmt = response_format(req.text.format.model_dump(exclude_none=True)
+                              if req.text and req.text.format else None)
         response_id = new_id("response")
         skeleton = response_skeleton(req, response_id=response_id, created_at=now,
                                      model=req.model, status="in_progress")
+        skeleton["tools"] = tools
         messages = to_messages(req.instructions, context, vision=backend.vision)
         generation = Generation(
             messages=messages,
             max_output_tokens=req.max_output_tokens,
             temperature=req.temperature,
             top_p=req.top_p,
+            tools=plan.chat_tools(),
+            tool_choice=plan.chat_tool_choice(),
+            parallel_tool_calls=(req.parallel_tool_calls if plan.chat_tools() and
+                                 req.parallel_tool_calls is False else None),
+            response_format=fmt,
         )
         deltas, first = await self._prime(backend, generation, req, context)
         record = None
@@ -175,7 +189,10 @@ class ResponsesService:
                 created_at=now,
                 expires_at=now + self.retention_seconds,
             )
-        return Run(self, EventBuilder(skeleton), deltas, first, record, new_items)
+        builder = EventBuilder(skeleton)
+        if req.parallel_tool_calls is False:
+            builder.max_calls = 1
+        return Run(self, builder, deltas, first, record, new_items)
 
     async def _resolve_references(self, items: list[Item]) -> list[Item]:
         refs = [item["id"] for item in items if item.get("type") == "item_reference"]
@@ -216,6 +233,11 @@ class ResponsesService:
                     f"{item['call_id']}.", param=f"input[{index}]",
                 )
             fresh.append(item)
+        answered = {i["call_id"] for i in (*inherited, *items)
+                    if i.get("type") == "function_call_output"}
+        for call_id in calls - answered:
+            raise InvalidRequest(f"No tool output found for function call {call_id}.",
+                                 param="input")
         return fresh
 
     async def _prime(
@@ -236,11 +258,9 @@ class ResponsesService:
                         self._overflow_message(overflow, backend), param="input"
                     ) from None
                 window = self._shorter(window, overflow)
-                generation = Generation(
+                generation = dataclasses.replace(
+                    generation,
                     messages=to_messages(req.instructions, window, vision=backend.vision),
-                    max_output_tokens=generation.max_output_tokens,
-                    temperature=generation.temperature,
-                    top_p=generation.top_p,
                 )
                 continue
             except BaseException:

@@ -12,7 +12,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from respond.errors import InvalidRequest, UnsupportedParameter
+from respond.errors import InvalidRequest, UnknownParameter, UnsupportedParameter
 from respond.protocol.validation import to_api_error
 
 INCLUDABLE = {
@@ -178,19 +178,10 @@ def check_supported(req: CreateResponse) -> None:
     if req.frequency_penalty or req.presence_penalty:
         raise _unsupported("frequency_penalty" if req.frequency_penalty else "presence_penalty",
                            "penalties are not available.")
-    for i, tool in enumerate(req.tools or ()):
-        kind = tool.get("type") if isinstance(tool, dict) else None
-        raise _unsupported(f"tools[{i}].type", f"tool type '{kind}' is not available yet.")
-    if isinstance(req.tool_choice, dict) or req.tool_choice not in (None, "auto", "none"):
-        if req.tool_choice == "required" or isinstance(req.tool_choice, dict):
-            raise InvalidRequest(
-                "Invalid value for 'tool_choice': no tools were given.",
-                param="tool_choice", code="invalid_value",
-            )
-        raise InvalidRequest(
-            f"Invalid value for 'tool_choice': '{req.tool_choice}'. Supported values are "
-            "'none', 'auto' and 'required'.", param="tool_choice", code="invalid_value",
-        )
     fmt = req.text.format if req.text else None
-    if fmt is not None and fmt.type != "text":
-        raise _unsupported("text.format", f"'{fmt.type}' output is not available yet.")
+    if fmt is not None:
+        allowed = {"text": {"type"}, "json_object": {"type"},
+                   "json_schema": {"type", "name", "schema", "strict", "description"}}[fmt.type]
+        for key in fmt.model_dump(exclude_none=True):
+            if key not in allowed:
+                raise UnknownParameter(f"text.format.{key}")
