@@ -129,7 +129,10 @@ class LlamaCppBackend:
         try:
             self._server = await loop.run_in_executor(self._executor, xlc.Server, params)
         except RuntimeError as exc:
-            raise BackendError(f"llama.cpp could not load the model {path}: {exc}") from exc
+            raise BackendError(
+                f"llama.cpp could not load the model {path}: {exc} "
+                "(with debug logging on, llama.cpp prints its reasons to stderr)"
+            ) from exc
         self._http = httpx.AsyncClient(
             base_url=self._server.listening_address,
             headers={"Authorization": f"Bearer {key}"},
