@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from respond.backends import Backend
+from respond.engine.jobs import Background, Worker
 from respond.engine.service import ResponsesService
 from respond.errors import APIError, InvalidRequest, NotFound, ServerError
 from respond.http.auth import APIKeyAuth
@@ -109,6 +110,13 @@ def create_app(
                 retention_seconds=int(settings.server.retention_days * 86400),
             )
             stack.push_async_callback(service.flush)
+            app.state.background = Background(service)
+            if settings.server.background_workers:
+                worker = Worker(service, concurrency=settings.server.background_workers,
+                                lease_seconds=settings.server.job_lease_seconds)
+                worker_task = asyncio.create_task(worker.run_forever())
+                stack.push_async_callback(worker.aclose)
+                stack.callback(worker_task.cancel)
             purger = asyncio.create_task(_purge_forever(the_store))
             stack.callback(purger.cancel)
             app.state.service = service

@@ -55,6 +55,15 @@ class EventBuilder:
     def _snapshot(self, kind: str) -> Event:
         return self._event(kind, response=copy.deepcopy(self.response))
 
+    def snapshot(self) -> dict[str, Any]:
+        """A copy of the response as it stands, open items showing what they hold so far."""
+        response = copy.deepcopy(self.response)
+        if self._message is not None:
+            response["output"][self._output_index]["content"][0]["text"] = "".join(self._text)
+        if self._call is not None:
+            response["output"][self._output_index]["arguments"] = "".join(self._arguments)
+        return response
+
     @property
     def terminal(self) -> bool:
         return self.response["status"] in ("completed", "incomplete", "failed", "cancelled")
@@ -62,9 +71,19 @@ class EventBuilder:
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> list[Event]:
-        """``response.created`` then ``response.in_progress``."""
+        """Foreground: ``response.created`` then ``response.in_progress``."""
         self.response["status"] = "in_progress"
         return [self._snapshot("response.created"), self._snapshot("response.in_progress")]
+
+    def queued(self) -> list[Event]:
+        """Background: ``response.created`` and ``response.queued``, both with status queued."""
+        self.response["status"] = "queued"
+        return [self._snapshot("response.created"), self._snapshot("response.queued")]
+
+    def in_progress(self) -> list[Event]:
+        """Background: a worker took the response up."""
+        self.response["status"] = "in_progress"
+        return [self._snapshot("response.in_progress")]
 
     def text(self, delta: str) -> list[Event]:
         events: list[Event] = self._close_call()

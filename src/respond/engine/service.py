@@ -39,6 +39,19 @@ log = logging.getLogger(__name__)
 MAX_TRUNCATION_ATTEMPTS = 8
 
 
+@dataclasses.dataclass(slots=True)
+class Prepared:
+    """A validated response, ready to run: what to generate and how to report it."""
+
+    req: CreateResponse
+    backend: Backend
+    builder: EventBuilder
+    generation: Generation
+    context: list[Item]
+    record: StoredResponse | None
+    new_items: list[Item]
+
+
 class Run:
     """One response in flight. Iterate ``events()`` exactly once."""
 
@@ -50,7 +63,10 @@ class Run:
         first: Delta,
         record: StoredResponse | None,
         new_items: list[Item],
+        *,
+        background: bool = False,
     ) -> None:
+        self._background = background
         self._service = service
         self.builder = builder
         self._deltas = deltas
@@ -68,7 +84,7 @@ class Run:
         builder = self.builder
         saved = False
         try:
-            for event in builder.start():
+            for event in builder.in_progress() if self._background else builder.start():
                 yield event
             pending: list[Event] = []
             try:
@@ -134,10 +150,14 @@ class ResponsesService:
     # -- create ----------------------------------------------------------------------------
 
     async def create(self, req: CreateResponse) -> Run:
+        """Validate, load the context and start generating (foreground)."""
+        return await self.start(await self.prepare(req))
+
+    async def prepare(self, req: CreateResponse) -> Prepared:
+        """Everything that can fail with a 4xx before any work: model, previous context,
+        input items, tools. Returns the response to run, not yet started."""
         assert req.model is not None
-        backend = self.backends.get(req.model)
-        if backend is None:
-            raise ModelNotFound(req.model)
+        backend = self.backend_for(req.model)
         now = int(self.clock())
 
         inherited: list[Item] = []
@@ -157,27 +177,10 @@ class ResponsesService:
         new_items = self._check_context(inherited_ids, inherited, items)
         context = inherited + items
 
-        tools = normalize_tools(req.tools)
-        plan = plan_tools(tools, req.tool_choice)
-        fmt = response_format(req.text.format.model_dump(exclude_none=True)
-                              if req.text and req.text.format else None)
         response_id = new_id("response")
         skeleton = response_skeleton(req, response_id=response_id, created_at=now,
-                                     model=req.model, status="in_progress")
-        skeleton["tools"] = tools
-        messages = to_messages(req.instructions, context, vision=backend.vision)
-        generation = Generation(
-            messages=messages,
-            max_output_tokens=req.max_output_tokens,
-            temperature=req.temperature,
-            top_p=req.top_p,
-            tools=plan.chat_tools(),
-            tool_choice=plan.chat_tool_choice(),
-            parallel_tool_calls=(req.parallel_tool_calls if plan.chat_tools() and
-                                 req.parallel_tool_calls is False else None),
-            response_format=fmt,
-        )
-        deltas, first = await self._prime(backend, generation, req, context)
+                                     model=req.model,
+                                     status="queued" if req.background else "in_progress")
         record = None
         if skeleton["store"]:
             record = StoredResponse(
@@ -189,10 +192,52 @@ class ResponsesService:
                 created_at=now,
                 expires_at=now + self.retention_seconds,
             )
+        return self.plan(req, backend, skeleton, context, record, new_items)
+
+    def backend_for(self, model: str) -> Backend:
+        backend = self.backends.get(model)
+        if backend is None:
+            raise ModelNotFound(model)
+        return backend
+
+    @staticmethod
+    def plan(
+        req: CreateResponse,
+        backend: Backend,
+        skeleton: dict[str, Any],
+        context: list[Item],
+        record: StoredResponse | None,
+        new_items: list[Item],
+    ) -> Prepared:
+        """The generation and the event builder for a response (fresh or restored)."""
+        tools = normalize_tools(req.tools)
+        plan = plan_tools(tools, req.tool_choice)
+        fmt = response_format(req.text.format.model_dump(exclude_none=True)
+                              if req.text and req.text.format else None)
+        skeleton["tools"] = tools
+        chat_tools = plan.chat_tools()
+        generation = Generation(
+            messages=to_messages(req.instructions, context, vision=backend.vision),
+            max_output_tokens=req.max_output_tokens,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            tools=chat_tools,
+            tool_choice=plan.chat_tool_choice(),
+            parallel_tool_calls=False if chat_tools and req.parallel_tool_calls is False else None,
+            response_format=fmt,
+        )
         builder = EventBuilder(skeleton)
         if req.parallel_tool_calls is False:
             builder.max_calls = 1
-        return Run(self, builder, deltas, first, record, new_items)
+        return Prepared(req, backend, builder, generation, context, record, new_items)
+
+    async def start(self, prepared: Prepared, *, background: bool = False) -> Run:
+        """Prime the backend: the first delta arrives (or a 4xx/5xx is raised) before any
+        byte of the response is sent."""
+        deltas, first = await self._prime(prepared.backend, prepared.generation, prepared.req,
+                                          prepared.context)
+        return Run(self, prepared.builder, deltas, first, prepared.record, prepared.new_items,
+                   background=background)
 
     async def _resolve_references(self, items: list[Item]) -> list[Item]:
         refs = [item["id"] for item in items if item.get("type") == "item_reference"]

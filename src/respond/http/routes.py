@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Mount, Route
 
+from respond.engine.jobs import Background
 from respond.engine.service import ResponsesService
 from respond.errors import APIError, InvalidRequest, PayloadTooLarge
 from respond.http.render import error_response, json_response, sse_frame
@@ -49,23 +50,38 @@ async def _sse(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
         yield sse_frame(event)
 
 
+def _background(request: Request) -> Background:
+    return request.app.state.background  # type: ignore[no-any-return]
+
+
+def _stream(events: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
+    return StreamingResponse(_sse(events), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
 async def create_response(request: Request) -> Response:
     req = parse_create(await read_body(request))
+    if req.background:
+        prepared = await _service(request).prepare(req)
+        record = await _background(request).submit(prepared)
+        if req.stream:
+            return _stream(_background(request).follow(record.id, None))
+        return json_response(record.body)
     run = await _service(request).create(req)
     if req.stream:
-        return StreamingResponse(_sse(run.events()), media_type="text/event-stream",
-                                 headers=SSE_HEADERS)
+        return _stream(run.events())
     return json_response(await run.fold())
 
 
 async def get_response(request: Request) -> Response:
     response_id = request.path_params["response_id"]
     if request.query_params.get("stream") in ("true", "1", "True"):
-        body = await _service(request).get(response_id)
-        raise InvalidRequest(
-            f"Response '{body['id']}' was not created with background=true and stream=true, "
-            "so it cannot be streamed again.", param="stream",
-        )
+        after = request.query_params.get("starting_after")
+        if after is not None and not after.lstrip("-").isdigit():
+            raise InvalidRequest("Invalid type for 'starting_after': expected an integer.",
+                                 param="starting_after", code="invalid_type")
+        await _background(request).check_streamable(response_id)
+        return _stream(_background(request).follow(response_id,
+                                                   None if after is None else int(after)))
     return json_response(await _service(request).get(response_id))
 
 
@@ -74,8 +90,7 @@ async def delete_response(request: Request) -> Response:
 
 
 async def cancel_response(request: Request) -> Response:
-    await _service(request).get(request.path_params["response_id"])
-    raise InvalidRequest("Cannot cancel a synchronous response.")
+    return json_response(await _background(request).cancel(request.path_params["response_id"]))
 
 
 def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:

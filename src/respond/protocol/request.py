@@ -160,8 +160,9 @@ def check_supported(req: CreateResponse) -> None:
         raise _unsupported("context_management", "server-side compaction is not available.")
     if req.prompt_cache_options is not None:
         raise _unsupported("prompt_cache_options", "not available.")
-    if req.background:
-        raise _unsupported("background", "background mode is not available yet.")
+    if req.background and req.store is False:
+        raise InvalidRequest("Background responses must be stored: 'store' cannot be false "
+                             "when 'background' is true.", param="store", code="invalid_value")
     if req.stream_options is not None and not req.stream:
         raise InvalidRequest(
             "Invalid value for 'stream_options': only allowed when 'stream' is true.",

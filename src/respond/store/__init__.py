@@ -26,6 +26,15 @@ class StoredResponse:
 
 
 @dataclass(frozen=True, slots=True)
+class Job:
+    """A background response waiting for (or held by) a worker."""
+
+    response_id: str
+    payload: dict[str, Any]  # what the worker needs to run it, as given to ``enqueue``
+    attempts: int  # how many times a worker has claimed it (1 on the first claim)
+
+
+@dataclass(frozen=True, slots=True)
 class ItemPage:
     items: list[Item]
     has_more: bool
@@ -92,6 +101,62 @@ class Store(Protocol):
 
         A hidden response that a live one still builds on keeps its items until that one goes.
         """
+        ...
+
+    # -- background work ---------------------------------------------------------------------
+    # A job row lives from ``enqueue`` until ``finish_job``. A worker that claims it holds a
+    # lease that it renews; a lease that runs out means the worker died (see ``reap``).
+
+    async def enqueue(
+        self, response: StoredResponse, new_items: list[Item], payload: dict[str, Any]
+    ) -> None:
+        """Save the (queued) response, its new items and its job in one transaction, and
+        wake waiting workers on every replica."""
+        ...
+
+    async def claim(self, worker: str, now: float, lease_seconds: float) -> Job | None:
+        """Atomically take the oldest unclaimed job (exactly one worker across all replicas
+        gets it), leased to ``worker`` until ``now + lease_seconds``; None when none waits."""
+        ...
+
+    async def renew(self, response_id: str, worker: str, now: float, lease_seconds: float) -> bool:
+        """Extend ``worker``'s lease; False when the job is gone or held by another worker."""
+        ...
+
+    async def finish_job(self, response_id: str) -> None:
+        """Remove the job (the response row stays)."""
+        ...
+
+    async def reap(self, now: float) -> list[str]:
+        """Remove jobs whose lease ran out (their worker died) and return their response ids."""
+        ...
+
+    async def request_cancel(self, response_id: str) -> bool:
+        """Flag the job for cancellation; False when no job exists for it any more."""
+        ...
+
+    async def cancel_requested(self, response_id: str) -> bool:
+        """Whether ``request_cancel`` was called for this job."""
+        ...
+
+    async def wait_for_jobs(self, timeout: float) -> None:
+        """Return when a job may have been enqueued (on any replica) or after ``timeout``."""
+        ...
+
+    # -- event logs (background streams, for resume) ---------------------------------------
+
+    async def append_events(self, response_id: str, events: list[dict[str, Any]]) -> None:
+        """Append events (each has a ``sequence_number``) in order, in one transaction, and
+        wake followers of this response on every replica."""
+        ...
+
+    async def read_events(self, response_id: str, after: int) -> list[dict[str, Any]]:
+        """Logged events with ``sequence_number > after``, in order."""
+        ...
+
+    async def wait_for_events(self, response_id: str, after: int, timeout: float) -> None:
+        """Return when an event after ``after`` may exist for the response (or after
+        ``timeout``); callers re-read with ``read_events``."""
         ...
 
     async def aclose(self) -> None: ...

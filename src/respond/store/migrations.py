@@ -1,10 +1,12 @@
 """Schema migrations: numbered SQL files per dialect, each applied once, in order.
 
-Layout: ``store/migrations/<dialect>/NNNN_name.sql`` (``sqlite`` today; a PostgreSQL adapter
-adds ``store/migrations/postgresql/`` with the same numbers and its own ``apply_*``
-function below, reusing ``load`` and ``SCHEMA_MIGRATIONS``). Applied versions are recorded
-in ``schema_migrations``; a migration and its record commit together or not at all, so a
-failed migration leaves the database as it was and the next start tries again.
+Layout: ``store/migrations/<dialect>/NNNN_name.sql`` (``sqlite`` and ``postgresql``, with
+the same numbers meaning the same change), each dialect with its ``apply_*`` function
+below. Applied versions are recorded in ``schema_migrations``; a migration and its record
+commit together or not at all, so a failed migration leaves the database as it was and the
+next start tries again. Replicas that start together apply each migration once: SQLite
+serialises them with ``BEGIN IMMEDIATE``, PostgreSQL with a transaction-scoped advisory lock
+keyed by the ``search_path``.
 
 Rules: files are never edited once released (add a new number instead); numbers start at
 1 and have no gaps; a database newer than this build is used as is, with a warning.
@@ -18,6 +20,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -108,5 +111,56 @@ def apply_sqlite(conn: sqlite3.Connection, dialect: str = "sqlite") -> list[int]
         log.warning(
             "the database schema is at version %d, newer than this build knows (%d)",
             newest, migrations[-1].version,
+        )
+    return applied
+
+
+# Class id of respond's advisory locks (any constant; the second key names the schema).
+PG_LOCK_CLASS = 0x7265_7370  # "resp"
+
+_PG_LOCK = (
+    "SELECT pg_advisory_xact_lock($1, hashtext(current_setting('search_path')))"
+)
+
+
+def quote_identifier(name: str) -> str:
+    """``name`` as a PostgreSQL identifier, quoted (so any schema name is safe in SQL text)."""
+    if not name or "\x00" in name:
+        raise ValueError(f"not a valid PostgreSQL identifier: {name!r}")
+    return '"' + name.replace('"', '""') + '"'
+
+
+async def apply_postgresql(conn: Any, *, create_schema: str | None = None) -> list[int]:
+    """Apply the pending migrations on an ``asyncpg`` connection; return the versions applied.
+
+    Each migration runs in its own transaction that first takes an advisory lock keyed by
+    the connection's ``search_path`` and then checks whether it is still pending, so replicas
+    opening one fresh schema together apply it once, and the others wait and skip it.
+    ``create_schema`` is created (if missing) under the same lock.
+    """
+    migrations = load("postgresql")
+    applied: list[int] = []
+    done: set[int] = set()
+    for migration in migrations:
+        async with conn.transaction():
+            await conn.execute(_PG_LOCK, PG_LOCK_CLASS)
+            if create_schema is not None:
+                await conn.execute(
+                    f"CREATE SCHEMA IF NOT EXISTS {quote_identifier(create_schema)}")
+            await conn.execute(SCHEMA_MIGRATIONS)
+            done = {row[0] for row in await conn.fetch("SELECT version FROM schema_migrations")}
+            if migration.version not in done:
+                await conn.execute(migration.sql)  # no arguments: a multi-statement script
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
+                    migration.version, int(time.time()),
+                )
+                applied.append(migration.version)
+        if migration.version not in done:
+            log.info("applied postgresql migration %04d_%s", migration.version, migration.name)
+    if migrations and done and max(done) > migrations[-1].version:
+        log.warning(
+            "the database schema is at version %d, newer than this build knows (%d)",
+            max(done), migrations[-1].version,
         )
     return applied

@@ -13,6 +13,11 @@ Rules:
   build on leaves a tombstone (body wiped, ``expires_at`` 0) that keeps the items it
   introduced; a tombstone or expired row is removed, items and all, once no live response
   descends from it. Branches therefore never lose history when an ancestor goes.
+- Background work: ``claim`` and ``reap`` look first with a plain read and take the write
+  lock only when there is something to take, so idle workers never queue behind writers.
+  Waiters are woken in-process right after a commit on this store; another process's
+  commits are noticed by polling ``PRAGMA data_version`` (which moves only when another
+  connection committed) every ``POLL_SECONDS`` while anyone waits.
 - ``sqlite3`` errors leave as ``ServerError`` (logged with their cause).
 """
 
@@ -23,6 +28,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -30,8 +36,9 @@ from typing import Any, Literal, TypeVar
 import orjson
 
 from respond.errors import ServerError
-from respond.store import Item, ItemPage, StoredResponse
+from respond.store import Item, ItemPage, Job, StoredResponse
 from respond.store.migrations import apply_sqlite
+from respond.store.wakeups import Wakeups
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +47,7 @@ T = TypeVar("T")
 BUSY_TIMEOUT_MS = 5000
 PURGE_BATCH = 500  # responses removed per transaction, so a large purge never holds the lock long
 TOMBSTONE_EXPIRES_AT = 0
+POLL_SECONDS = 0.2  # how soon a waiter notices a commit made by another process
 
 _RESPONSE_COLUMNS = "body, context_ids, output_ids, previous_response_id, created_at, expires_at"
 
@@ -120,6 +128,77 @@ DELETE FROM responses WHERE id IN (
 """
 
 
+# Jobs and events of a row that stays as a tombstone or as a hidden ancestor: nothing can
+# read them any more (ON DELETE CASCADE covers the rows that go).
+_DROP_JOB = "DELETE FROM jobs WHERE response_id = ?"
+_DROP_EVENTS = "DELETE FROM events WHERE response_id = ?"
+_DROP_HIDDEN_JOBS = (
+    "DELETE FROM jobs WHERE response_id IN (SELECT id FROM responses WHERE expires_at <= ?)"
+)
+_DROP_HIDDEN_EVENTS = (
+    "DELETE FROM events WHERE response_id IN (SELECT id FROM responses WHERE expires_at <= ?)"
+)
+
+# -- background work -------------------------------------------------------------------------
+
+# A new job replaces any job the response had (and so the lease of whoever held it).
+_UPSERT_JOB = """
+INSERT INTO jobs (response_id, payload, worker, lease_until, attempts, cancel_requested,
+                  created_at)
+VALUES (?, ?, NULL, NULL, 0, 0, ?)
+ON CONFLICT (response_id) DO UPDATE SET
+    payload = excluded.payload, worker = NULL, lease_until = NULL, attempts = 0,
+    cancel_requested = 0, created_at = excluded.created_at
+"""
+
+_HAS_UNCLAIMED = "SELECT EXISTS (SELECT 1 FROM jobs WHERE worker IS NULL)"
+
+# Runs inside BEGIN IMMEDIATE: the write lock is held from the look-up to the update, so two
+# processes can never take the same row.
+_CLAIM = """
+UPDATE jobs SET worker = ?1, lease_until = ?2, attempts = attempts + 1
+WHERE rowid = (SELECT rowid FROM jobs WHERE worker IS NULL ORDER BY created_at, rowid LIMIT 1)
+RETURNING response_id, payload, attempts
+"""
+
+_RENEW = "UPDATE jobs SET lease_until = ?3 WHERE response_id = ?1 AND worker = ?2"
+
+_FINISH = "DELETE FROM jobs WHERE response_id = ?"
+
+_HAS_EXPIRED = (
+    "SELECT EXISTS (SELECT 1 FROM jobs WHERE worker IS NOT NULL AND lease_until < ?)"
+)
+
+_REAP = "DELETE FROM jobs WHERE worker IS NOT NULL AND lease_until < ? RETURNING response_id"
+
+_REQUEST_CANCEL = "UPDATE jobs SET cancel_requested = 1 WHERE response_id = ?"
+
+_CANCEL_REQUESTED = "SELECT cancel_requested FROM jobs WHERE response_id = ?"
+
+# -- event logs ------------------------------------------------------------------------------
+
+# The log is append-only and the first write of a sequence number wins, so a retried append
+# (or a reaper racing a worker it thought dead) never fails on a duplicate.
+_INSERT_EVENT = (
+    "INSERT INTO events (response_id, sequence_number, data) VALUES (?, ?, ?) "
+    "ON CONFLICT (response_id, sequence_number) DO NOTHING"
+)
+
+_READ_EVENTS = (
+    "SELECT data FROM events WHERE response_id = ? AND sequence_number > ? "
+    "ORDER BY sequence_number"
+)
+
+_HAS_EVENT_AFTER = (
+    "SELECT EXISTS (SELECT 1 FROM events WHERE response_id = ? AND sequence_number > ?)"
+)
+
+_LAST_EVENTS = (
+    "SELECT j.value, (SELECT max(sequence_number) FROM events WHERE response_id = j.value) "
+    "FROM json_each(?) AS j"
+)
+
+
 def database_path(url_or_path: str | Path) -> str:
     """``sqlite:///rel/path.db``, ``sqlite:////abs/path.db``, ``sqlite:///:memory:`` or a path."""
     text = str(url_or_path)
@@ -189,6 +268,8 @@ class SQLiteStore:
         self._conn = conn
         self._closed = False
         self.statements = 0
+        self._data_version: int | None = None  # as of the last probe; None: probe anyway
+        self._wakeups = Wakeups(self._probe, POLL_SECONDS)
 
     @classmethod
     async def open(cls, url_or_path: str | Path) -> SQLiteStore:
@@ -231,16 +312,7 @@ class SQLiteStore:
     # -- Store -------------------------------------------------------------------------------
 
     async def save_response(self, response: StoredResponse, new_items: list[Item]) -> None:
-        row = (
-            response.id,
-            orjson.dumps(response.body).decode(),
-            orjson.dumps(response.context_ids).decode(),
-            orjson.dumps(response.output_ids).decode(),
-            response.previous_response_id,
-            response.created_at,
-            response.expires_at,
-        )
-        items = [(item["id"], response.id, orjson.dumps(item).decode()) for item in new_items]
+        row, items = _response_rows(response, new_items)
         await self._run(self._write, self._save, row, items)
 
     def _save(self, row: tuple[Any, ...], items: list[tuple[str, str, str]]) -> None:
@@ -322,6 +394,8 @@ class SQLiteStore:
     def _delete(self, response_id: str, now: int) -> bool:
         if self._execute(_TOMBSTONE, (response_id, now)).rowcount == 0:
             return False
+        self._execute(_DROP_JOB, (response_id,))
+        self._execute(_DROP_EVENTS, (response_id,))
         self._execute(_DELETE_UNBUILT, (response_id, now))
         return True
 
@@ -331,14 +405,136 @@ class SQLiteStore:
             count = await self._run(self._write, self._purge_batch, now)
             removed += count
             if count < PURGE_BATCH:
-                return removed
+                break
+        await self._run(self._write, self._purge_hidden_work, now)
+        return removed
 
     def _purge_batch(self, now: int) -> int:
         return self._execute(_PURGE_BATCH, (now, PURGE_BATCH)).rowcount
 
+    def _purge_hidden_work(self, now: int) -> None:
+        self._execute(_DROP_HIDDEN_JOBS, (now,))
+        self._execute(_DROP_HIDDEN_EVENTS, (now,))
+
+    # -- background work ---------------------------------------------------------------------
+
+    async def enqueue(
+        self, response: StoredResponse, new_items: list[Item], payload: dict[str, Any]
+    ) -> None:
+        row, items = _response_rows(response, new_items)
+        job = (response.id, orjson.dumps(payload).decode(), time.time())
+        await self._run(self._write, self._enqueue, row, items, job)
+        self._wakeups.jobs_enqueued()
+
+    def _enqueue(
+        self, row: tuple[Any, ...], items: list[tuple[str, str, str]], job: tuple[Any, ...]
+    ) -> None:
+        self._save(row, items)
+        self._execute(_UPSERT_JOB, job)
+
+    async def claim(self, worker: str, now: float, lease_seconds: float) -> Job | None:
+        return await self._run(self._claim, worker, now + lease_seconds)
+
+    def _claim(self, worker: str, lease_until: float) -> Job | None:
+        if not self._execute(_HAS_UNCLAIMED).fetchone()[0]:
+            return None
+        rows = self._write(lambda: self._execute(_CLAIM, (worker, lease_until)).fetchall())
+        if not rows:
+            return None
+        response_id, payload, attempts = rows[0]
+        return Job(response_id=response_id, payload=orjson.loads(payload), attempts=attempts)
+
+    async def renew(self, response_id: str, worker: str, now: float, lease_seconds: float) -> bool:
+        return await self._run(self._update, _RENEW, (response_id, worker, now + lease_seconds))
+
+    async def finish_job(self, response_id: str) -> None:
+        await self._run(self._update, _FINISH, (response_id,))
+
+    async def reap(self, now: float) -> list[str]:
+        return await self._run(self._reap, now)
+
+    def _reap(self, now: float) -> list[str]:
+        if not self._execute(_HAS_EXPIRED, (now,)).fetchone()[0]:
+            return []
+        rows = self._write(lambda: self._execute(_REAP, (now,)).fetchall())
+        return [response_id for (response_id,) in rows]
+
+    async def request_cancel(self, response_id: str) -> bool:
+        return await self._run(self._update, _REQUEST_CANCEL, (response_id,))
+
+    async def cancel_requested(self, response_id: str) -> bool:
+        return await self._run(self._cancel_requested, response_id)
+
+    def _cancel_requested(self, response_id: str) -> bool:
+        row = self._execute(_CANCEL_REQUESTED, (response_id,)).fetchone()
+        return row is not None and bool(row[0])
+
+    def _update(self, sql: str, params: tuple[Any, ...]) -> bool:
+        """One writing statement; on its own it is a transaction that takes the write lock
+        before it reads, so it needs no BEGIN IMMEDIATE."""
+        return self._execute(sql, params).rowcount > 0
+
+    async def wait_for_jobs(self, timeout: float) -> None:
+        await self._wakeups.wait_for_jobs(timeout, self._has_unclaimed)
+
+    async def _has_unclaimed(self) -> bool:
+        return await self._run(self._exists, _HAS_UNCLAIMED, ())
+
+    # -- event logs --------------------------------------------------------------------------
+
+    async def append_events(self, response_id: str, events: list[dict[str, Any]]) -> None:
+        if not events:
+            return
+        rows = [(response_id, event["sequence_number"], orjson.dumps(event).decode())
+                for event in events]
+        await self._run(self._write, self._append_events, rows)
+        self._wakeups.events_appended(response_id, max(row[1] for row in rows))
+
+    def _append_events(self, rows: list[tuple[str, int, str]]) -> None:
+        self.statements += 1
+        self._conn.executemany(_INSERT_EVENT, rows)
+
+    async def read_events(self, response_id: str, after: int) -> list[dict[str, Any]]:
+        return await self._run(self._read_events, response_id, after)
+
+    def _read_events(self, response_id: str, after: int) -> list[dict[str, Any]]:
+        rows = self._execute(_READ_EVENTS, (response_id, after)).fetchall()
+        if not rows:
+            return []
+        return orjson.loads("[" + ",".join(data for (data,) in rows) + "]")
+
+    async def wait_for_events(self, response_id: str, after: int, timeout: float) -> None:
+        async def check() -> bool:
+            return await self._run(self._exists, _HAS_EVENT_AFTER, (response_id, after))
+
+        await self._wakeups.wait_for_events(response_id, after, timeout, check)
+
+    def _exists(self, sql: str, params: tuple[Any, ...]) -> bool:
+        return bool(self._execute(sql, params).fetchone()[0])
+
+    async def _probe(
+        self, watched: dict[str, int], jobs: bool
+    ) -> tuple[bool, dict[str, int | None]] | None:
+        return await self._run(self._probe_now, list(watched), jobs)
+
+    def _probe_now(
+        self, watched: list[str], jobs: bool
+    ) -> tuple[bool, dict[str, int | None]] | None:
+        (version,) = self._execute("PRAGMA data_version").fetchone()
+        if version == self._data_version:
+            return None  # no other connection has committed since the last probe
+        self._data_version = version
+        unclaimed = jobs and self._exists(_HAS_UNCLAIMED, ())
+        lasts: dict[str, int | None] = {}
+        if watched:
+            rows = self._execute(_LAST_EVENTS, (orjson.dumps(watched).decode(),)).fetchall()
+            lasts = dict(rows)
+        return unclaimed, lasts
+
     async def aclose(self) -> None:
         if self._closed:
             return
+        await self._wakeups.aclose()
         await self._run(self._conn.close)
         self._closed = True
         await self._worker.stop()
@@ -361,6 +557,22 @@ def _connect(path: str) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def _response_rows(
+    response: StoredResponse, new_items: list[Item]
+) -> tuple[tuple[Any, ...], list[tuple[str, str, str]]]:
+    row = (
+        response.id,
+        orjson.dumps(response.body).decode(),
+        orjson.dumps(response.context_ids).decode(),
+        orjson.dumps(response.output_ids).decode(),
+        response.previous_response_id,
+        response.created_at,
+        response.expires_at,
+    )
+    items = [(item["id"], response.id, orjson.dumps(item).decode()) for item in new_items]
+    return row, items
 
 
 def _stored_response(response_id: str, row: tuple[Any, ...]) -> StoredResponse:
