@@ -116,16 +116,18 @@ class OpenAICompatBackend:
                             for delta in reader.feed(self._decode(data)):
                                 yield delta
         except httpx.TimeoutException as exc:
+            logger.warning("upstream %s of model %s timed out: %r", self.base_url, self.name, exc)
             raise BackendTimeout(self._timeout_message(exc)) from exc
         except httpx.ConnectError as exc:
-            raise BackendError(f"cannot reach upstream at {self.base_url}: {_reason(exc)}") from exc
+            logger.warning("cannot reach upstream %s of model %s: %r", self.base_url, self.name, exc)
+            raise BackendError(f"Cannot reach the upstream of model '{self.name}': {_reason(exc)}") from exc
         except httpx.HTTPError as exc:
             raise BackendError(
-                f"The upstream at {self.base_url} broke off the answer: {_reason(exc)}"
+                f"The upstream of model '{self.name}' broke off the answer: {_reason(exc)}"
             ) from exc
         if not done and reader.finish_reason is None:
             raise BackendError(
-                f"The upstream at {self.base_url} ended the stream before the answer was finished"
+                f"The upstream of model '{self.name}' ended the stream before the answer was finished"
             )
         # yielded after the response is closed, so its connection is back in the pool
         yield reader.finish()
@@ -143,11 +145,11 @@ class OpenAICompatBackend:
             chunk = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
             raise BackendError(
-                f"The upstream at {self.base_url} sent malformed JSON: {data[:200]!r}"
+                f"The upstream of model '{self.name}' sent malformed JSON: {data[:200]!r}"
             ) from exc
         if not isinstance(chunk, dict):
             raise BackendError(
-                f"The upstream at {self.base_url} sent a chunk that is not an object: "
+                f"The upstream of model '{self.name}' sent a chunk that is not an object: "
                 f"{data[:200]!r}"
             )
         return chunk
@@ -159,7 +161,7 @@ class OpenAICompatBackend:
             what = "had no free connection in the pool in time"
         else:
             what = f"did not answer within {self._timeout.read:g} s"
-        return f"The upstream at {self.base_url} {what}"
+        return f"The upstream of model '{self.name}' {what}"
 
 
 class _EventParser:

@@ -16,7 +16,7 @@ Item = dict[str, Any]
 _CHAT_ROLE = {"user": "user", "system": "system", "developer": "system", "assistant": "assistant"}
 
 
-def _user_content(parts: list[dict[str, Any]], vision: bool, where: str) -> str | list[Any]:
+def _user_content(parts: list[dict[str, Any]], vision: bool) -> str | list[Any]:
     texts: list[str] = []
     rich: list[dict[str, Any]] = []
     for part in parts:
@@ -26,18 +26,20 @@ def _user_content(parts: list[dict[str, Any]], vision: bool, where: str) -> str 
             rich.append({"type": "text", "text": part["text"]})
         elif kind == "input_image":
             if not vision:
+                # the request's own input was checked by the service: this image is history
                 raise InvalidRequest(
-                    "This model does not accept images: it is a text-only model. Remove the "
-                    "image input or use a model configured with vision = true.",
-                    param=where, code="invalid_value",
+                    "This model does not accept images, and the conversation continued with "
+                    "'previous_response_id' contains one. Use a model configured with "
+                    "vision = true.", param="previous_response_id", code="invalid_value",
                 )
             url = part.get("image_url")
             if not url:
-                raise InvalidRequest("Images by file id are not available yet.", param=where)
+                raise InvalidRequest("Images by file id are not available yet.", param="input",
+                                     code="unsupported_parameter")
             rich.append({"type": "image_url",
                          "image_url": {"url": url, "detail": part.get("detail") or "auto"}})
         elif kind == "input_file":
-            raise InvalidRequest("File inputs are not available yet.", param=where,
+            raise InvalidRequest("File inputs are not available yet.", param="input",
                                  code="unsupported_parameter")
         elif kind in ("output_text",):
             texts.append(part["text"])
@@ -68,14 +70,14 @@ def to_messages(instructions: str | None, items: list[Item], *, vision: bool) ->
     messages: list[ChatMessage] = []
     if instructions:
         messages.append({"role": "system", "content": instructions})
-    for index, item in enumerate(items):
+    for item in items:
         kind = item.get("type")
         if kind == "message":
             role = _CHAT_ROLE[item["role"]]
             if role == "assistant":
                 messages.append({"role": "assistant", "content": _assistant_text(item["content"])})
             else:
-                content = _user_content(item["content"], vision, f"input[{index}].content")
+                content = _user_content(item["content"], vision)
                 messages.append({"role": role, "content": content})
         elif kind == "function_call":
             call = {"id": item["call_id"], "type": "function",

@@ -173,7 +173,8 @@ class ResponsesService:
             inherited_ids = previous.context_ids + previous.output_ids
 
         items = normalize_input(req.input)
-        items = await self._resolve_references(items)
+        self._check_media(items, backend)
+        items = await self._resolve_stored(items, req.input)
         new_items = self._check_context(inherited_ids, inherited, items)
         context = inherited + items
 
@@ -239,22 +240,44 @@ class ResponsesService:
         return Run(self, prepared.builder, deltas, first, prepared.record, prepared.new_items,
                    background=background)
 
-    async def _resolve_references(self, items: list[Item]) -> list[Item]:
-        refs = [item["id"] for item in items if item.get("type") == "item_reference"]
-        if not refs:
+    async def _resolve_stored(self, items: list[Item], raw: Any) -> list[Item]:
+        """Replace ``item_reference``s by the stored items, and refuse an item sent with the
+        id of a stored item but different content (history must read as it was sent)."""
+        supplied = [item["id"] for item, sent in zip(items, raw, strict=True)
+                    if isinstance(sent, dict) and sent.get("id")] if isinstance(raw, list) else []
+        if not supplied:
             return items
-        found = await self.store.get_items(refs)
+        found = await self.store.get_items(supplied)
         out = []
         for index, item in enumerate(items):
+            stored = found.get(item["id"])
             if item.get("type") == "item_reference":
-                stored = found.get(item["id"])
                 if stored is None:
                     raise NotFound(f"Item with id '{item['id']}' not found.",
                                    param=f"input[{index}].id")
-                out.append(stored)
-            else:
-                out.append(item)
+                item = stored
+            elif stored is not None and stored != item:
+                raise InvalidRequest(
+                    f"An item with id '{item['id']}' is already stored with different "
+                    "content. Send a changed item without an id (or with a new one).",
+                    param=f"input[{index}].id",
+                )
+            out.append(item)
         return out
+
+    @staticmethod
+    def _check_media(items: list[Item], backend: Backend) -> None:
+        """Refuse images for a text-only model, naming the part of this request's input."""
+        if backend.vision:
+            return
+        for i, item in enumerate(items):
+            for j, part in enumerate(item.get("content") or ()):
+                if isinstance(part, dict) and part.get("type") == "input_image":
+                    raise InvalidRequest(
+                        "This model does not accept images: it is a text-only model. Remove "
+                        "the image input or use a model configured with vision = true.",
+                        param=f"input[{i}].content[{j}]", code="invalid_value",
+                    )
 
     @staticmethod
     def _check_context(inherited_ids: list[str], inherited: list[Item],

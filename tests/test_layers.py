@@ -1,0 +1,110 @@
+"""The layer direction of DESIGN.md, checked on the source: every ``import`` of every module
+under ``src/respond`` (top level, inside functions, under ``TYPE_CHECKING`` alike).
+
+    http/, cli, app  ->  engine/, jobs  ->  backends/, tools/, store/  ->  protocol/, domain,
+                                                                          errors, ids, settings
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import respond
+
+PACKAGE = Path(respond.__file__).resolve().parent
+
+# layer of a module: the first component of its name inside ``respond``
+FOUNDATION = {"protocol", "domain", "errors", "ids", "settings"}
+ADAPTERS = {"backends", "store", "tools"}
+ENGINE = {"engine", "jobs"}
+TOP = {"http", "app", "cli", "__main__"}
+
+FORBIDDEN: dict[frozenset[str], set[str]] = {
+    frozenset(FOUNDATION): ENGINE | ADAPTERS | TOP,
+    frozenset(ADAPTERS): ENGINE | TOP,
+    frozenset(ENGINE): TOP,
+}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(["respond", *parts])
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Absolute names of the ``respond`` modules (or names in them) that ``path`` imports."""
+    return imports_in(path.read_text(), module_name(path), is_package=path.name == "__init__.py")
+
+
+def imports_in(source: str, own: str, *, is_package: bool = False) -> set[str]:
+    tree = ast.parse(source)
+    package = own if is_package else own.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                prefix = ".".join(base + ([node.module] if node.module else []))
+            else:
+                prefix = node.module or ""
+            found.add(prefix)
+            found.update(f"{prefix}.{alias.name}" for alias in node.names)
+    return {name for name in found if name == "respond" or name.startswith("respond.")}
+
+
+def layer_of(name: str) -> str | None:
+    parts = name.split(".")
+    return parts[1] if len(parts) > 1 else None
+
+
+def violations(own: str, imported: set[str]) -> list[str]:
+    own_layer = layer_of(own)
+    forbidden = next((bad for layers, bad in FORBIDDEN.items() if own_layer in layers), set())
+    return sorted(name for name in imported if layer_of(name) in forbidden)
+
+
+def sources() -> list[Path]:
+    return sorted(p for p in PACKAGE.rglob("*.py") if "testing" not in p.relative_to(PACKAGE).parts)
+
+
+def test_the_walk_sees_the_package() -> None:
+    names = {module_name(p) for p in sources()}
+    assert {"respond.app", "respond.engine.service", "respond.http.routes",
+            "respond.protocol.request", "respond.store.sqlite"} <= names
+    # relative and function-level imports are resolved too
+    assert "respond.engine.service" in imported_modules(PACKAGE / "http" / "routes.py")
+    assert "respond.store.sqlite" in imported_modules(PACKAGE / "app.py")
+
+
+def test_the_checker_catches_a_wrong_import() -> None:
+    source = """
+from typing import TYPE_CHECKING
+from . import request
+def late():
+    from ..engine.service import ResponsesService
+if TYPE_CHECKING:
+    import respond.http.routes
+"""
+    found = imports_in(source, "respond.protocol.fake")
+    assert violations("respond.protocol.fake", found) == [
+        "respond.engine.service", "respond.engine.service.ResponsesService",
+        "respond.http.routes"]
+    assert violations("respond.http.fake", found) == []
+    assert violations("respond.store.fake", imports_in("from respond.app import create_app",
+                                                       "respond.store.fake")) == [
+        "respond.app", "respond.app.create_app"]
+
+
+@pytest.mark.parametrize("path", sources(), ids=lambda p: module_name(p))
+def test_imports_point_down(path: Path) -> None:
+    own = module_name(path)
+    wrong = violations(own, imported_modules(path))
+    assert not wrong, f"{own} ({layer_of(own)}) must not import {wrong}"
