@@ -420,6 +420,26 @@ def test_closing_a_foreground_stream_stops_the_upstream(
     assert body["output"][0]["content"][0]["text"].startswith("tok0 tok1 tok2")
 
 
+def test_a_response_being_generated_can_be_retrieved(
+        client: openai.OpenAI, upstream: UpstreamServer) -> None:
+    upstream.configure(tokens=40, delay=0.02)
+    with client.responses.stream(model=UP, input="count slowly") as stream:
+        deltas = 0
+        for event in stream:
+            if event.type == "response.created":
+                response_id = event.response.id
+            if event.type == "response.output_text.delta":
+                deltas += 1
+                if deltas == 5:
+                    during = httpx.get(client_base(client) + f"/responses/{response_id}").json()
+        final = stream.get_final_response()
+    check_response(during)
+    assert during["status"] == "in_progress"
+    text = during["output"][0]["content"][0]["text"]
+    assert text.startswith("tok0 tok1 tok2 tok3 tok4") and text != final.output_text
+    assert client.responses.retrieve(response_id).output_text == final.output_text
+
+
 def client_base(client: openai.OpenAI) -> str:
     return str(client.base_url).rstrip("/")
 

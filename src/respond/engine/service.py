@@ -83,6 +83,8 @@ class Run:
         client that chains on ``response.completed`` always finds the response."""
         builder = self.builder
         saved = False
+        if self._record is not None and not self._background:
+            self._service.live[self._record.id] = builder
         try:
             for event in builder.in_progress() if self._background else builder.start():
                 yield event
@@ -110,6 +112,8 @@ class Run:
             for event in pending:
                 yield event
         finally:
+            if self._record is not None:
+                self._service.live.pop(self._record.id, None)
             if not builder.terminal:
                 builder.cancel()
             await self._deltas.aclose()
@@ -146,6 +150,7 @@ class ResponsesService:
         self.retention_seconds = retention_seconds
         self.clock = clock
         self._pending: set[asyncio.Task[None]] = set()
+        self.live: dict[str, EventBuilder] = {}  # stored foreground responses being generated
 
     # -- create ----------------------------------------------------------------------------
 
@@ -413,6 +418,9 @@ class ResponsesService:
     # -- reads -----------------------------------------------------------------------------
 
     async def get(self, response_id: str) -> dict[str, Any]:
+        live = self.live.get(response_id)
+        if live is not None:  # still generating here: show it as it stands
+            return live.snapshot()
         await self.flush()
         stored = await self.store.get_response(response_id, int(self.clock()))
         if stored is None:
