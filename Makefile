@@ -23,3 +23,11 @@ test: install
 
 lint: install
 	$(BIN)/ruff check src tests
+
+# the overhead benchmark (bench/README.md); BENCH_ARGS=--quick for a two-minute run
+bench: $(VENV)/.bench-installed
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,bench]'
+	touch $@

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from conftest import RunningServer, free_port, serve
+from servers import RunningServer, free_port, serve
 
 from respond.testing.upstream import UpstreamServer
 

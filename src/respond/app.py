@@ -28,16 +28,9 @@ from respond.http.render import error_response
 from respond.http.routes import all_routes, api_error_handler
 from respond.settings import LlamaCppModel, OpenAIModel, Settings
 from respond.store import Store
+from respond.store.open import open_store
 
 log = logging.getLogger(__name__)
-
-
-async def open_store(url: str) -> Store:
-    if url.startswith("sqlite:"):
-        from respond.store.sqlite import SQLiteStore
-
-        return await SQLiteStore.open(url)
-    raise ValueError(f"unsupported database_url scheme: {url.split(':', 1)[0]}")
 
 
 async def open_backend(name: str, config: LlamaCppModel | OpenAIModel) -> Backend:

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from conftest import RunningServer, serve
+from servers import RunningServer, serve
 from e2e import UP, assert_error, upstream, upstream_config  # noqa: F401  (fixture)
 
 from respond.testing.upstream import UpstreamServer

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from conftest import RunningServer, free_port, serve
+from servers import RunningServer, free_port, serve
 from e2e import UP, assert_error, client_for, sse_events, upstream_config, wait_until
 from wire import check_response, check_stream
 

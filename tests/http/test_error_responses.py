@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from conftest import RunningServer, serve
+from servers import RunningServer, serve
 from e2e import (
     EMBEDDED_MODEL,
     UP,

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from conftest import RunningServer
+from servers import RunningServer
 from e2e import EMBEDDED_MODEL, client_for, sse_events
 from wire import check_response, check_stream
 

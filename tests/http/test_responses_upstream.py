@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from conftest import RunningServer
+from servers import RunningServer
 from e2e import (
     DEAD,
     SLOW,

@@ -234,24 +234,32 @@ class Worker:
             heartbeat.cancel()
 
     async def _heartbeat(self, response_id: str, runner: asyncio.Task[Any] | None) -> str:
-        """Renew the lease and watch for cancellation; cancels ``runner`` when asked to."""
+        """Renew the lease and watch for cancellation; cancels ``runner`` when asked to, or
+        when the lease is lost. A failing database is retried until the lease would run out."""
         interval = min(0.25, self.lease_seconds / 4)
         renew_every = self.lease_seconds / 3
-        last_renew = time.monotonic()
+        renewed = time.monotonic()
         while True:
             await asyncio.sleep(interval)
-            if await self.store.cancel_requested(response_id):
+            verdict = None
+            try:
+                if await self.store.cancel_requested(response_id):
+                    verdict = "cancel"
+                elif time.monotonic() - renewed >= renew_every:
+                    if await self.store.renew(response_id, self.name, time.time(),
+                                              self.lease_seconds):
+                        renewed = time.monotonic()
+                    else:
+                        log.error("lost the lease of %s; stopping it", response_id)
+                        verdict = "lost"
+            except Exception:
+                log.warning("heartbeat of %s failed; retrying", response_id, exc_info=True)
+                if time.monotonic() - renewed >= self.lease_seconds:
+                    verdict = "lost"  # by now another replica may have reaped it
+            if verdict is not None:
                 if runner is not None:
                     runner.cancel()
-                return "cancel"
-            if time.monotonic() - last_renew >= renew_every:
-                if not await self.store.renew(response_id, self.name, time.time(),
-                                              self.lease_seconds):
-                    log.error("lost the lease of %s; stopping it", response_id)
-                    if runner is not None:
-                        runner.cancel()
-                    return "lost"
-                last_renew = time.monotonic()
+                return verdict
 
 
 class _Sink:

@@ -1,9 +1,13 @@
-"""store: persistence of responses, items and (later) event logs, behind the ``Store`` protocol.
+"""store: persistence of responses, items, background jobs and event logs, behind ``Store``.
 
 Rule: a store speaks SQL to its database and nothing else; it imports only ``errors`` and
 plain data types. Items are stored once, as the JSON the wire shows; a response records the
 ordered ids of the items that formed its context, so rebuilding any conversation is one
 query for the response row and one for its items, never a walk of the chain.
+
+Adapters: ``sqlite.SQLiteStore`` and ``postgres.PostgresStore``; ``open.open_store(url)``
+picks one by the URL's scheme. Their shared contract tests are tests/store/test_contract.py
+and tests/store/test_background.py.
 """
 
 from __future__ import annotations
@@ -92,43 +96,59 @@ class Store(Protocol):
 
     async def delete_response(self, response_id: str, now: int) -> bool:
         """Delete the response. Its items go too, unless a later response still builds on
-        them (they then stay until no live response needs them). False when it was unknown
-        or already hidden at ``now``."""
+        them (they then stay until no live response needs them); its job and event log go
+        in any case. False when it was unknown or already hidden at ``now``."""
         ...
 
     async def purge_expired(self, now: int) -> int:
-        """Delete every response (and its items) whose ``expires_at`` is past; return the count.
+        """Delete every response (with its items, job and event log) whose ``expires_at`` is
+        past; return the count.
 
-        A hidden response that a live one still builds on keeps its items until that one goes.
+        A hidden response that a live one still builds on keeps its items until that one
+        goes (its job and event log go now).
         """
         ...
 
     # -- background work ---------------------------------------------------------------------
-    # A job row lives from ``enqueue`` until ``finish_job``. A worker that claims it holds a
-    # lease that it renews; a lease that runs out means the worker died (see ``reap``).
+    # A job row lives from ``enqueue`` until ``finish_job`` (or ``reap``, or the deletion of
+    # its response). A worker that claims it holds a lease that it renews; a lease that runs
+    # out means the worker died. Such a job is never claimed again: ``reap`` removes it and
+    # hands its response id to the caller, whose job it is to mark the response failed (a
+    # partial stream may already have been delivered, so re-running it would contradict it).
+    # Jobs are delivered at most once per ``enqueue``; the service settles what reap reports.
 
     async def enqueue(
         self, response: StoredResponse, new_items: list[Item], payload: dict[str, Any]
     ) -> None:
         """Save the (queued) response, its new items and its job in one transaction, and
-        wake waiting workers on every replica."""
+        wake waiting workers on every replica.
+
+        A job the response already had is replaced: unclaimed, cancel flag cleared, its
+        former holder's lease gone (``renew`` then returns False)."""
         ...
 
     async def claim(self, worker: str, now: float, lease_seconds: float) -> Job | None:
         """Atomically take the oldest unclaimed job (exactly one worker across all replicas
-        gets it), leased to ``worker`` until ``now + lease_seconds``; None when none waits."""
+        gets it), leased to ``worker`` until ``now + lease_seconds``; None when none waits.
+
+        Unclaimed means never claimed: a job whose lease ran out is not taken (see ``reap``).
+        None may also mean that every waiting job is being taken by another replica."""
         ...
 
     async def renew(self, response_id: str, worker: str, now: float, lease_seconds: float) -> bool:
-        """Extend ``worker``'s lease; False when the job is gone or held by another worker."""
+        """Extend ``worker``'s lease to ``now + lease_seconds``; False when the job is gone
+        (finished, reaped, its response deleted) or held by another worker. A lease that ran
+        out but was not reaped yet can still be renewed by its holder."""
         ...
 
     async def finish_job(self, response_id: str) -> None:
-        """Remove the job (the response row stays)."""
+        """Remove the job (the response row stays); a job already gone is no error."""
         ...
 
     async def reap(self, now: float) -> list[str]:
-        """Remove jobs whose lease ran out (their worker died) and return their response ids."""
+        """Remove claimed jobs whose lease ran out (``lease_until < now``: their worker died)
+        and return their response ids; each id is returned to exactly one caller across
+        replicas. Unclaimed jobs are never reaped, however old."""
         ...
 
     async def request_cancel(self, response_id: str) -> bool:
@@ -140,14 +160,23 @@ class Store(Protocol):
         ...
 
     async def wait_for_jobs(self, timeout: float) -> None:
-        """Return when a job may have been enqueued (on any replica) or after ``timeout``."""
+        """Return when a job may have been enqueued (on any replica) or after ``timeout``.
+
+        Returns at once when an unclaimed job already waits. A write on this store wakes
+        waiters at once; one on another replica promptly (PostgreSQL: NOTIFY; SQLite: a
+        0.2 s poll), and within one poll (1 s) should a notification be lost. Never raises for a database failure (it is logged and the wait runs on until
+        its timeout), so a worker loop cannot die here; raises ``RuntimeError`` once the
+        store is closed."""
         ...
 
     # -- event logs (background streams, for resume) ---------------------------------------
 
     async def append_events(self, response_id: str, events: list[dict[str, Any]]) -> None:
         """Append events (each has a ``sequence_number``) in order, in one transaction, and
-        wake followers of this response on every replica."""
+        wake followers of this response on every replica.
+
+        The response must be stored. A sequence number already logged keeps its first event
+        (the new one is dropped), so a retried append is harmless."""
         ...
 
     async def read_events(self, response_id: str, after: int) -> list[dict[str, Any]]:
@@ -156,7 +185,10 @@ class Store(Protocol):
 
     async def wait_for_events(self, response_id: str, after: int, timeout: float) -> None:
         """Return when an event after ``after`` may exist for the response (or after
-        ``timeout``); callers re-read with ``read_events``."""
+        ``timeout``); callers re-read with ``read_events``.
+
+        Returns at once when one already exists. Wake-ups and failures as for
+        ``wait_for_jobs``; events of other responses do not wake it."""
         ...
 
     async def aclose(self) -> None: ...

@@ -38,6 +38,8 @@ import orjson
 from respond.errors import ServerError
 from respond.store import Item, ItemPage, Job, StoredResponse
 from respond.store.migrations import apply_sqlite
+from respond.store.pages import in_order as _in_order
+from respond.store.pages import page
 from respond.store.wakeups import Wakeups
 
 log = logging.getLogger(__name__)
@@ -475,6 +477,8 @@ class SQLiteStore:
         return self._execute(sql, params).rowcount > 0
 
     async def wait_for_jobs(self, timeout: float) -> None:
+        if self._closed:
+            raise RuntimeError("the store is closed")
         await self._wakeups.wait_for_jobs(timeout, self._has_unclaimed)
 
     async def _has_unclaimed(self) -> bool:
@@ -504,6 +508,9 @@ class SQLiteStore:
         return orjson.loads("[" + ",".join(data for (data,) in rows) + "]")
 
     async def wait_for_events(self, response_id: str, after: int, timeout: float) -> None:
+        if self._closed:
+            raise RuntimeError("the store is closed")
+
         async def check() -> bool:
             return await self._run(self._exists, _HAS_EVENT_AFTER, (response_id, after))
 
@@ -540,6 +547,22 @@ class SQLiteStore:
         await self._worker.stop()
 
 
+def _use_wal(conn: sqlite3.Connection) -> None:
+    """Switch to WAL. Switching needs the file to itself and, unlike other statements, does
+    not wait on the busy timeout, so replicas opening a new file together retry here."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    delay = 0.005
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay)  # on the store's own thread, while opening
+        delay = min(delay * 2, 0.1)
+
+
 def _connect(path: str) -> sqlite3.Connection:
     if path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -549,7 +572,7 @@ def _connect(path: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA journal_mode = WAL")
+        _use_wal(conn)
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = ON")
         apply_sqlite(conn)
@@ -586,42 +609,3 @@ def _stored_response(response_id: str, row: tuple[Any, ...]) -> StoredResponse:
         created_at=created_at,
         expires_at=expires_at,
     )
-
-
-def _in_order(response_id: str, ids: list[str], items: list[Item]) -> list[Item]:
-    """``items`` as ``ids`` orders them; a missing item (a bug elsewhere) is logged and skipped."""
-    if len(items) == len(ids) and all(item.get("id") == i for item, i in zip(items, ids)):
-        return items
-    by_id = {item.get("id"): item for item in items}
-    ordered = []
-    for item_id in ids:
-        item = by_id.get(item_id)
-        if item is None:
-            log.error("response %s refers to missing item %s; skipped", response_id, item_id)
-        else:
-            ordered.append(item)
-    return ordered
-
-
-def page(
-    ids: list[str], *, limit: int, after: str | None, before: str | None
-) -> tuple[list[str], bool]:
-    """A page of ``ids`` (already in the requested order) and whether more lie beyond it.
-
-    ``after``: ids strictly after that id; ``before``: strictly before it. With only
-    ``before``, the page is the ``limit`` ids just before it (the previous page) and
-    ``has_more`` tells whether more lie further back. An unknown cursor gives an empty page.
-    """
-    start, stop = 0, len(ids)
-    try:
-        if after is not None:
-            start = ids.index(after) + 1
-        if before is not None:
-            stop = ids.index(before)
-    except ValueError:
-        return [], False
-    window = ids[start:stop]
-    has_more = len(window) > limit
-    if before is not None and after is None:
-        return window[max(len(window) - limit, 0) :], has_more
-    return window[:limit], has_more
