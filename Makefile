@@ -18,8 +18,11 @@ $(VENV)/.installed: pyproject.toml
 serve: install
 	$(BIN)/respond serve
 
+# the whole suite on SQLite (the store contract and replica tests use PostgreSQL too), then
+# the end-to-end tests again with every server on PostgreSQL
 test: install
 	$(BIN)/pytest -q
+	RESPOND_TEST_DATABASE=postgres $(BIN)/pytest -q tests/http
 
 lint: install
 	$(BIN)/ruff check src tests

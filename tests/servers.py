@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import os
+import secrets
 import socket
 import threading
 import time
@@ -74,8 +77,58 @@ class RunningServer:
 
 @contextlib.contextmanager
 def serve(raw_config: dict[str, Any], data_dir: Path, **overrides: Any) -> Iterator[RunningServer]:
-    server = RunningServer(build_settings(raw_config, {}, data_dir), **overrides).start()
-    try:
+    """A running respond with this configuration, on the suite's database (see below)."""
+    with contextlib.ExitStack() as stack:
+        server_config = dict(raw_config.get("server") or {})
+        if "database_url" not in server_config:
+            url = stack.enter_context(suite_database())
+            if url is not None:
+                server_config["database_url"] = url
+        config = {**raw_config, "server": server_config}
+        server = RunningServer(build_settings(config, {}, data_dir), **overrides).start()
+        stack.callback(server.stop)
         yield server
+
+
+# -- the database under test ------------------------------------------------------------------
+# RESPOND_TEST_DATABASE=postgres runs every server of the end-to-end suite on PostgreSQL
+# (RESPOND_TEST_POSTGRES_URL, default the local test database), each in a fresh schema.
+
+TEST_DATABASE = os.environ.get("RESPOND_TEST_DATABASE", "sqlite")
+POSTGRES_URL = os.environ.get(
+    "RESPOND_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _on_postgres(sql: str) -> None:
+    import asyncpg
+
+    async def run() -> None:
+        conn = await asyncpg.connect(POSTGRES_URL, timeout=10)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # callers may be inside a loop
+        pool.submit(asyncio.run, run()).result(timeout=60)
+
+
+@contextlib.contextmanager
+def postgres_database() -> Iterator[str]:
+    """A ``database_url`` on a fresh PostgreSQL schema, dropped afterwards."""
+    schema = f"e2e_{secrets.token_hex(6)}"
+    _on_postgres(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield f"{POSTGRES_URL}?search_path={schema}"
     finally:
-        server.stop()
+        _on_postgres(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@contextlib.contextmanager
+def suite_database() -> Iterator[str | None]:
+    """The database_url the suite's servers use: None (SQLite in the data dir) or PostgreSQL."""
+    if TEST_DATABASE == "postgres":
+        with postgres_database() as url:
+            yield url
+    else:
+        yield None

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from servers import RunningServer, free_port, serve
+from servers import RunningServer, free_port, serve, suite_database
 from e2e import UP, assert_error, client_for, sse_events, upstream_config, wait_until
 from wire import check_response, check_stream
 
@@ -229,11 +229,18 @@ def _healthy(url: str) -> bool:
         return False
 
 
-def test_kill_9_leaves_no_response_in_progress(upstream: UpstreamServer, tmp_path: Path) -> None:
+@pytest.fixture
+def database_line() -> Iterator[str]:
+    with suite_database() as url:
+        yield "" if url is None else f'database_url = "{url}"\n'
+
+
+def test_kill_9_leaves_no_response_in_progress(upstream: UpstreamServer, tmp_path: Path,
+                                               database_line: str) -> None:
     upstream.configure(tokens=2000, delay=0.01)
     config = tmp_path / "respond.toml"
     config.write_text(
-        "[server]\njob_lease_seconds = 2\n"
+        "[server]\njob_lease_seconds = 2\n" + database_line +
         f'[models.up]\nbackend = "openai"\nbase_url = "{upstream.base_url}"\n'
     )
     port = free_port()

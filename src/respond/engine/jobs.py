@@ -39,6 +39,7 @@ TERMINAL = frozenset({"completed", "incomplete", "failed", "cancelled"})
 TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 FLUSH_SECONDS = 0.1
 FOLLOW_WAIT_SECONDS = 1.0
+TERMINAL_EVENT_GRACE_SECONDS = 10.0
 CANCEL_WAIT_SECONDS = 10.0
 SHUTDOWN_MESSAGE = (
     "The server running this background response shut down before it finished; the "
@@ -106,6 +107,7 @@ class Background:
     async def follow(self, response_id: str, after: int | None) -> AsyncIterator[Event]:
         """Replay the logged events after ``after``, then follow live ones to the end."""
         last = -1 if after is None else after
+        ended_at: float | None = None  # when the response was first seen terminal
         while True:
             events = await self.store.read_events(response_id, last)
             for event in events:
@@ -113,13 +115,18 @@ class Background:
                 last = event["sequence_number"]
                 if event["type"] in TERMINAL_EVENTS:
                     return
-            if not events:
-                stored = await self.store.get_response(response_id, int(self.service.clock()))
-                if stored is None or stored.body["status"] in TERMINAL:
-                    for event in await self.store.read_events(response_id, last):
-                        yield event  # whatever was written just before it ended
+            if events:
+                continue
+            stored = await self.store.get_response(response_id, int(self.service.clock()))
+            if stored is None or stored.body["status"] == "cancelled":
+                return  # cancelled responses have no terminal event: the stream just ends
+            if stored.body["status"] in TERMINAL:
+                # the final state is stored a moment before its terminal event is logged
+                ended_at = ended_at or time.monotonic()
+                if time.monotonic() - ended_at > TERMINAL_EVENT_GRACE_SECONDS:
+                    log.warning("response %s ended without a logged terminal event", response_id)
                     return
-                await self.store.wait_for_events(response_id, last, FOLLOW_WAIT_SECONDS)
+            await self.store.wait_for_events(response_id, last, FOLLOW_WAIT_SECONDS)
 
 
 def _with_body(stored: StoredResponse, body: dict[str, Any]) -> StoredResponse:
