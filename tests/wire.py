@@ -55,10 +55,20 @@ def _validator(name: str) -> jsonschema.Draft202012Validator | None:
 
 _EVENT = TypeAdapter(ResponseStreamEvent)
 
+# The Open Responses schema covers the core: function tools and these items. Remote MCP
+# tools and items are OpenAI extensions it does not describe; those are checked against the
+# openai SDK's models only.
+_CORE_ITEMS = {"message", "function_call", "function_call_output", "reasoning"}
+
+
+def _is_core(response: dict[str, Any]) -> bool:
+    return (all(t.get("type") == "function" for t in response.get("tools") or ())
+            and all(i.get("type") in _CORE_ITEMS for i in response.get("output") or ()))
+
 
 def check_response(body: dict[str, Any]) -> Response:
     validator = _validator("ResponseResource")
-    if validator is not None:
+    if validator is not None and _is_core(body):
         validator.validate(body)
     return Response.model_validate(body)
 
@@ -66,6 +76,10 @@ def check_response(body: dict[str, Any]) -> Response:
 def check_event(event: dict[str, Any]) -> None:
     _EVENT.validate_python(event)
     name = _EVENT_SCHEMAS.get(event["type"])
+    if "response" in event and not _is_core(event["response"]):
+        name = None
+    if "item" in event and event["item"].get("type") not in _CORE_ITEMS:
+        name = None
     validator = _validator(name) if name else None
     if validator is not None:
         validator.validate(event)

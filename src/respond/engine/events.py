@@ -44,6 +44,9 @@ class EventBuilder:
         self._pending_arguments: str = ""  # fragments that came before the call's name
         self.calls_made = 0
         self.max_calls: int | None = None  # calls beyond this are dropped
+        self._awaiting: dict[str, Any] | None = None  # a closed mcp_call not yet run
+        self._listing: dict[str, Any] | None = None  # an mcp_list_tools being filled
+        self._usage = Usage(0, 0)  # of earlier model turns of this response
 
     # -- framing ---------------------------------------------------------------------------
 
@@ -60,7 +63,7 @@ class EventBuilder:
         response = copy.deepcopy(self.response)
         if self._message is not None:
             response["output"][self._output_index]["content"][0]["text"] = "".join(self._text)
-        if self._call is not None:
+        if self._call is not None and self._call["type"] != "mcp_approval_request":
             response["output"][self._output_index]["arguments"] = "".join(self._arguments)
         return response
 
@@ -107,7 +110,8 @@ class EventBuilder:
         incomplete = finish.reason == "length"
         status = "incomplete" if incomplete else "completed"
         events = self._close_message(status) + self._close_call(status)
-        self.response["usage"] = usage_object(finish.usage)
+        self.add_usage(finish.usage)
+        self.response["usage"] = usage_object(self._usage)
         if incomplete:
             self.response["status"] = "incomplete"
             self.response["incomplete_details"] = {"reason": "max_output_tokens"}
@@ -186,7 +190,12 @@ class EventBuilder:
                         item=copy.deepcopy(message)),
         ]
 
-    # -- function calls --------------------------------------------------------------------
+    # -- tool calls ------------------------------------------------------------------------
+    # A call the model makes becomes one of three items, as ``classify(name)`` says:
+    #   ("function",)            a function_call the client runs;
+    #   ("mcp", label, tool)     an mcp_call respond runs: after its arguments are done the
+    #                            caller executes it and reports with ``mcp_result``;
+    #   ("approval", label, tool) an mcp_approval_request, announced whole when complete.
 
     def tool_call(self, key: int, call_id: str | None, name: str | None,
                   arguments: str) -> list[Event]:
@@ -204,14 +213,43 @@ class EventBuilder:
                 return events  # over the limit: this call is dropped
             arguments = self._pending_arguments + arguments
             self._pending_arguments = ""
-            events += self._open_call(call_id or new_id("call"), name)
+            kind = self.classify(name)
+            if kind[0] == "mcp":
+                events += self._open_mcp_call(kind[1], kind[2])
+            elif kind[0] == "approval":
+                self._open_approval(kind[1], kind[2])
+            else:
+                events += self._open_call(call_id or new_id("call"), name)
         if self._call is None or not arguments:
             return events
         self._arguments.append(arguments)
-        events.append(self._event("response.function_call_arguments.delta",
-                                  item_id=self._call["id"], output_index=self._output_index,
-                                  delta=arguments))
+        kind_of_call = self._call["type"]
+        if kind_of_call == "function_call":
+            events.append(self._event("response.function_call_arguments.delta",
+                                      item_id=self._call["id"], output_index=self._output_index,
+                                      delta=arguments))
+        elif kind_of_call == "mcp_call":
+            events.append(self._event("response.mcp_call_arguments.delta",
+                                      item_id=self._call["id"], output_index=self._output_index,
+                                      delta=arguments))
         return events
+
+    @staticmethod
+    def classify(name: str) -> tuple[str, ...]:
+        """Replaced per response when server-side tools are offered."""
+        return ("function",)
+
+    @property
+    def open_server_call(self) -> bool:
+        """Whether an mcp_call is open: it must be closed and run before anything else."""
+        return self._call is not None and self._call["type"] == "mcp_call"
+
+    @property
+    def open_call_key(self) -> int | None:
+        return self._call_key if self._call is not None else None
+
+    def close_call(self) -> list[Event]:
+        return self._close_call()
 
     def _open_call(self, call_id: str, name: str) -> list[Event]:
         item_id = new_id("function_call")
@@ -224,16 +262,128 @@ class EventBuilder:
         return [self._event("response.output_item.added", output_index=self._output_index,
                             item=dict(self._call))]
 
+    def _open_mcp_call(self, label: str, name: str,
+                       approval_request_id: str | None = None) -> list[Event]:
+        item_id = new_id("mcp_call")
+        self._output_index = len(self.response["output"])
+        self._call = {"id": item_id, "type": "mcp_call", "status": "in_progress",
+                      "server_label": label, "name": name, "arguments": "", "output": None,
+                      "error": None, "approval_request_id": approval_request_id}
+        self._arguments = []
+        self.calls_made += 1
+        self.response["output"].append(self._call)
+        return [
+            self._event("response.output_item.added", output_index=self._output_index,
+                        item=dict(self._call)),
+            self._event("response.mcp_call.in_progress", item_id=item_id,
+                        output_index=self._output_index),
+        ]
+
+    def _open_approval(self, label: str, name: str) -> None:
+        self._call = {"id": new_id("mcp_approval_request"), "type": "mcp_approval_request",
+                      "server_label": label, "name": name, "arguments": ""}
+        self._arguments = []
+        self.calls_made += 1
+
     def _close_call(self, status: str = "completed") -> list[Event]:
         call = self._call
         if call is None:
             return []
         self._call = None
         call["arguments"] = "".join(self._arguments)
-        call["status"] = status
         index = self._output_index
+        if call["type"] == "mcp_approval_request":
+            if status != "completed":
+                return []  # a request cut short is never shown: it could not be approved
+            self._output_index = index = len(self.response["output"])
+            self.response["output"].append(call)
+            return [
+                self._event("response.output_item.added", output_index=index, item=dict(call)),
+                self._event("response.output_item.done", output_index=index, item=dict(call)),
+            ]
+        if call["type"] == "mcp_call":
+            self._awaiting = call
+            events = [self._event("response.mcp_call_arguments.done", item_id=call["id"],
+                                  output_index=index, arguments=call["arguments"])]
+            if status != "completed":
+                events += self.mcp_result(None, {
+                    "type": "mcp_protocol_error", "code": -32602,
+                    "message": "The call was cut short before its arguments were complete; "
+                               "it was not made."})
+            return events
+        call["status"] = status
         return [
             self._event("response.function_call_arguments.done", item_id=call["id"],
                         output_index=index, arguments=call["arguments"], name=call["name"]),
             self._event("response.output_item.done", output_index=index, item=dict(call)),
         ]
+
+    @property
+    def awaiting(self) -> dict[str, Any] | None:
+        """The closed mcp_call waiting to be run, if any."""
+        return self._awaiting
+
+    def mcp_result(self, output: str | None, error: dict[str, Any] | None) -> list[Event]:
+        """The outcome of the awaiting mcp_call: ``.completed`` or ``.failed``, then done."""
+        call = self._awaiting
+        assert call is not None, "no mcp_call is waiting for a result"
+        self._awaiting = None
+        index = self.response["output"].index(call)
+        call["output"] = output
+        call["error"] = error
+        call["status"] = "failed" if error is not None else "completed"
+        kind = "response.mcp_call.failed" if error is not None else "response.mcp_call.completed"
+        return [
+            self._event(kind, item_id=call["id"], output_index=index),
+            self._event("response.output_item.done", output_index=index, item=dict(call)),
+        ]
+
+    def mcp_approved_call(self, label: str, name: str, arguments: str,
+                          approval_request_id: str) -> list[Event]:
+        """An approved call, run before the model's turn: announced, then awaiting its result."""
+        events = self._open_mcp_call(label, name, approval_request_id)
+        self._arguments = [arguments]
+        call = self._call
+        assert call is not None
+        events.append(self._event("response.mcp_call_arguments.delta", item_id=call["id"],
+                                  output_index=self._output_index, delta=arguments))
+        self._call_key = None
+        return events + self._close_call()
+
+    # -- tool listings ---------------------------------------------------------------------
+
+    def mcp_list_started(self, label: str) -> list[Event]:
+        item = {"id": new_id("mcp_list_tools"), "type": "mcp_list_tools", "server_label": label,
+                "tools": [], "error": None}
+        index = len(self.response["output"])
+        self.response["output"].append(item)
+        self._listing = item
+        return [
+            self._event("response.output_item.added", output_index=index, item=dict(item)),
+            self._event("response.mcp_list_tools.in_progress", item_id=item["id"],
+                        output_index=index),
+        ]
+
+    def mcp_list_done(self, tools: list[dict[str, Any]] | None, error: str | None) -> list[Event]:
+        item = self._listing
+        assert item is not None
+        self._listing = None
+        index = self.response["output"].index(item)
+        item["tools"] = tools or []
+        item["error"] = error
+        kind = ("response.mcp_list_tools.failed" if error is not None
+                else "response.mcp_list_tools.completed")
+        return [
+            self._event(kind, item_id=item["id"], output_index=index),
+            self._event("response.output_item.done", output_index=index,
+                        item=copy.deepcopy(item)),
+        ]
+
+    # -- usage across model turns ----------------------------------------------------------
+
+    def add_usage(self, usage: Usage | None) -> None:
+        """Count a model turn that did not end the response (a tool loop goes on)."""
+        if usage is not None:
+            self._usage = Usage(self._usage.input_tokens + usage.input_tokens,
+                                self._usage.output_tokens + usage.output_tokens,
+                                self._usage.cached_tokens + usage.cached_tokens)

@@ -70,6 +70,8 @@ def to_messages(instructions: str | None, items: list[Item], *, vision: bool) ->
     messages: list[ChatMessage] = []
     if instructions:
         messages.append({"role": "system", "content": instructions})
+    declined = {i["approval_request_id"]: i for i in items
+                if i.get("type") == "mcp_approval_response" and not i.get("approve")}
     for item in items:
         kind = item.get("type")
         if kind == "message":
@@ -92,8 +94,40 @@ def to_messages(instructions: str | None, items: list[Item], *, vision: bool) ->
         elif kind == "function_call_output":
             messages.append({"role": "tool", "tool_call_id": item["call_id"],
                              "content": _output_text(item.get("output"))})
+        elif kind == "mcp_call":
+            _call_with_result(messages, item["id"], item["name"], item.get("arguments") or "{}",
+                              item["output"] if item.get("error") is None
+                              else f"Error: {_error_text(item['error'])}")
+        elif kind == "mcp_approval_request" and item["id"] in declined:
+            reason = declined[item["id"]].get("reason")
+            _call_with_result(messages, item["id"], item["name"], item.get("arguments") or "{}",
+                              "The user declined this call; it was not made."
+                              + (f" Reason: {reason}" if reason else ""))
         # reasoning and other items stay in storage but are not shown to chat backends
     return messages
+
+
+def _error_text(error: Any) -> str:
+    if isinstance(error, dict):
+        if error.get("message"):
+            return str(error["message"])
+        content = error.get("content")
+        if isinstance(content, list):
+            return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return str(error)
+
+
+def _call_with_result(messages: list[ChatMessage], call_id: str, name: str, arguments: str,
+                      result: Any) -> None:
+    """A call respond ran for the model, as the model would have seen it: call, then result."""
+    call = {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+    last = messages[-1] if messages else None
+    if last is not None and last["role"] == "assistant" and "tool_calls" in last \
+            and not any(m["role"] == "tool" for m in messages[-1:]):
+        last["tool_calls"].append(call)
+    else:
+        messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+    messages.append({"role": "tool", "tool_call_id": call_id, "content": str(result)})
 
 
 def turn_starts(items: list[Item]) -> list[int]:

@@ -16,9 +16,10 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from respond.backends import Backend
-from respond.domain import Delta, Finish, Generation, TextDelta, ToolCallDelta
+from respond.domain import Delta, Finish, Generation, ReasoningDelta, TextDelta, ToolCallDelta
 from respond.engine.events import Event, EventBuilder
 from respond.engine.history import Item, to_messages, turn_starts
+from respond.engine.toolloop import MAX_TOOL_TURNS, Connector, ServerTools
 from respond.errors import (
     BackendError,
     ContextLengthExceeded,
@@ -31,7 +32,14 @@ from respond.ids import new_id
 from respond.protocol.items import normalize_input
 from respond.protocol.request import CreateResponse
 from respond.protocol.response import response_skeleton
-from respond.protocol.tools import normalize_tools, plan_tools, response_format
+from respond.protocol.tools import (
+    McpServer,
+    ToolPlan,
+    mcp_servers,
+    normalize_tools,
+    plan_tools,
+    response_format,
+)
 from respond.store import ItemPage, Store, StoredResponse
 
 log = logging.getLogger(__name__)
@@ -50,6 +58,9 @@ class Prepared:
     context: list[Item]
     record: StoredResponse | None
     new_items: list[Item]
+    plan: ToolPlan
+    servers: list[McpServer]
+    approved: list[Item] = dataclasses.field(default_factory=list)  # requests to run first
 
 
 class Run:
@@ -58,21 +69,25 @@ class Run:
     def __init__(
         self,
         service: ResponsesService,
-        builder: EventBuilder,
+        prepared: Prepared,
         deltas: AsyncIterator[Delta],
         first: Delta,
-        record: StoredResponse | None,
-        new_items: list[Item],
+        preamble: list[Event],
+        tools: ServerTools | None,
         *,
         background: bool = False,
     ) -> None:
         self._background = background
         self._service = service
-        self.builder = builder
+        self._prepared = prepared
+        self.builder = prepared.builder
         self._deltas = deltas
         self._first = first
-        self._record = record
-        self._new_items = new_items
+        self._preamble = preamble
+        self._tools = tools
+        self._record = prepared.record
+        self._new_items = prepared.new_items
+        self._spent = False  # the tool budget is used up: this turn is the last
 
     @property
     def response(self) -> dict[str, Any]:
@@ -86,24 +101,35 @@ class Run:
         if self._record is not None and not self._background:
             self._service.live[self._record.id] = builder
         try:
-            for event in builder.in_progress() if self._background else builder.start():
+            for event in self._preamble:
                 yield event
             pending: list[Event] = []
             try:
-                events = self._apply(self._first)
-                if not builder.terminal:
-                    for event in events:
-                        yield event
-                    events = []
-                    async for delta in self._deltas:
-                        events = self._apply(delta)
-                        if builder.terminal:
+                turn = 1
+                while True:
+                    finish: Finish | None = None
+                    first_item = len(builder.response["output"])
+                    async for delta in _chain(self._first, self._deltas):
+                        if builder.open_server_call and _closes_call(delta, builder):
+                            for event in builder.close_call():
+                                yield event
+                            assert self._tools is not None
+                            for event in await self._tools.run(builder):
+                                yield event
+                        if isinstance(delta, Finish):
+                            finish = delta
                             break
-                        for event in events:
+                        for event in self._apply(delta):
                             yield event
-                    else:
+                    if finish is None:
                         raise BackendError("The model backend ended the stream without finishing.")
-                pending = events  # ends with the terminal event: sent once stored
+                    if not self._loop_goes_on(finish, first_item):
+                        pending = builder.finish(finish)  # sent once stored
+                        break
+                    builder.add_usage(finish.usage)
+                    await self._deltas.aclose()
+                    turn += 1
+                    self._deltas, self._first = await self._next_turn(turn)
             except BackendError as exc:
                 log.warning("backend failed mid-stream: %s", exc.message)
                 pending = builder.fail(exc.message)
@@ -117,8 +143,53 @@ class Run:
             if not builder.terminal:
                 builder.cancel()
             await self._deltas.aclose()
+            if self._tools is not None:
+                await self._tools.aclose()
             if not saved:
                 self._service.save_later(self._record, builder.response, self._new_items)
+
+    def _loop_goes_on(self, finish: Finish, first_item: int) -> bool:
+        """After a model turn: go on when respond ran tools in it and nothing waits on the
+        client (no function call, no approval request) and the answer was not cut short."""
+        if self._tools is None or self._spent or finish.reason in ("length", "content_filter"):
+            return False
+        made = self.builder.response["output"][first_item:]
+        if not any(item["type"] == "mcp_call" for item in made):
+            return False
+        return not any(item["type"] in ("function_call", "mcp_approval_request") for item in made)
+
+    async def _next_turn(self, turn: int) -> tuple[AsyncIterator[Delta], Delta]:
+        prepared = self._prepared
+        assert self._tools is not None
+        req = prepared.req
+        generation = prepared.generation
+        limit = req.max_tool_calls
+        spent = turn >= MAX_TOOL_TURNS or (limit is not None and self._tools.calls_run >= limit)
+        context = prepared.context + self.builder.response["output"]
+        generation = dataclasses.replace(
+            generation,
+            messages=to_messages(req.instructions, context, vision=prepared.backend.vision),
+            tools=None if spent else generation.tools,
+            tool_choice=None if spent or not generation.tools else "auto",
+            parallel_tool_calls=None if spent else generation.parallel_tool_calls,
+        )
+        self.builder.calls_made = 0
+        if spent:  # the last turn: no tools offered, and any call the model still makes is dropped
+            self._spent = True
+            self.builder.max_calls = 0
+        deltas = prepared.backend.generate(generation)
+        try:
+            first = await anext(deltas)
+        except StopAsyncIteration:
+            raise BackendError("The model backend returned nothing.") from None
+        except ContextOverflow:
+            await deltas.aclose()
+            raise BackendError("The conversation outgrew the model's context window during "
+                               "tool calls.") from None
+        except BaseException:
+            await deltas.aclose()
+            raise
+        return deltas, first
 
     def _apply(self, delta: Delta) -> list[Event]:
         if isinstance(delta, TextDelta):
@@ -136,6 +207,19 @@ class Run:
         return self.builder.response
 
 
+async def _chain(first: Delta, rest: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
+    yield first
+    async for delta in rest:
+        yield delta
+
+
+def _closes_call(delta: Delta, builder: EventBuilder) -> bool:
+    """Whether ``delta`` ends the open call (anything but more of the same call does)."""
+    if isinstance(delta, ToolCallDelta):
+        return delta.index != builder.open_call_key
+    return not isinstance(delta, ReasoningDelta)
+
+
 class ResponsesService:
     def __init__(
         self,
@@ -144,7 +228,9 @@ class ResponsesService:
         *,
         retention_seconds: int,
         clock: Callable[[], float] = time.time,
+        connector: Connector | None = None,
     ) -> None:
+        self.connector = connector  # opens sessions to remote MCP servers
         self.store = store
         self.backends = backends
         self.retention_seconds = retention_seconds
@@ -198,7 +284,35 @@ class ResponsesService:
                 created_at=now,
                 expires_at=now + self.retention_seconds,
             )
-        return self.plan(req, backend, skeleton, context, record, new_items)
+        prepared = self.plan(req, backend, skeleton, context, record, new_items)
+        prepared.approved = self._approved_calls(items, context, prepared.servers)
+        return prepared
+
+    @staticmethod
+    def _approved_calls(items: list[Item], context: list[Item],
+                        servers: list[McpServer]) -> list[Item]:
+        """The approval requests this input approves and that were not run yet (an approved
+        call is made exactly once, a denied one never)."""
+        requests = {i["id"]: i for i in context if i.get("type") == "mcp_approval_request"}
+        done = {i.get("approval_request_id") for i in context if i.get("type") == "mcp_call"}
+        labels = {server.label for server in servers}
+        approved: list[Item] = []
+        for index, item in enumerate(items):
+            if item.get("type") != "mcp_approval_response":
+                continue
+            request = requests.get(item["approval_request_id"])
+            if request is None:
+                raise InvalidRequest(
+                    f"No approval request found with id '{item['approval_request_id']}'.",
+                    param=f"input[{index}].approval_request_id")
+            if not item["approve"] or request["id"] in done or request in approved:
+                continue
+            if request["server_label"] not in labels:
+                raise InvalidRequest(
+                    f"The approved call needs the MCP server '{request['server_label']}', which "
+                    "is not among this request's tools.", param="tools")
+            approved.append(request)
+        return approved
 
     def backend_for(self, model: str) -> Backend:
         backend = self.backends.get(model)
@@ -218,6 +332,7 @@ class ResponsesService:
         """The generation and the event builder for a response (fresh or restored)."""
         tools = normalize_tools(req.tools)
         plan = plan_tools(tools, req.tool_choice)
+        servers = mcp_servers(req.tools)
         fmt = response_format(req.text.format.model_dump(exclude_none=True)
                               if req.text and req.text.format else None)
         skeleton["tools"] = tools
@@ -235,15 +350,69 @@ class ResponsesService:
         builder = EventBuilder(skeleton)
         if req.parallel_tool_calls is False:
             builder.max_calls = 1
-        return Prepared(req, backend, builder, generation, context, record, new_items)
+        return Prepared(req, backend, builder, generation, context, record, new_items, plan,
+                        servers)
 
     async def start(self, prepared: Prepared, *, background: bool = False) -> Run:
-        """Prime the backend: the first delta arrives (or a 4xx/5xx is raised) before any
-        byte of the response is sent."""
-        deltas, first = await self._prime(prepared.backend, prepared.generation, prepared.req,
-                                          prepared.context)
-        return Run(self, prepared.builder, deltas, first, prepared.record, prepared.new_items,
-                   background=background)
+        """List remote tools, run approved calls, then prime the backend: the first delta
+        arrives (or a 4xx/5xx is raised) before any byte of the response is sent."""
+        builder = prepared.builder
+        preamble = builder.in_progress() if background else builder.start()
+        tools = None
+        if prepared.servers:
+            tools = ServerTools(prepared.servers, self.connector)
+            try:
+                preamble += await self._server_tools(prepared, tools)
+            except BaseException:
+                await tools.aclose()
+                raise
+        try:
+            deltas, first = await self._prime(prepared.backend, prepared.generation,
+                                              prepared.req, prepared.context)
+        except BaseException:
+            if tools is not None:
+                await tools.aclose()
+            raise
+        return Run(self, prepared, deltas, first, preamble, tools, background=background)
+
+    async def _server_tools(self, prepared: Prepared, tools: ServerTools) -> list[Event]:
+        """Listings and approved calls, before the model's first turn; offers the tools."""
+        builder = prepared.builder
+        tools.reuse_listings(prepared.context)
+        events = await tools.list_missing(builder)
+        plan = prepared.plan
+        forced_label = plan.forced_mcp[0] if plan.forced_mcp else None
+        forced_tool = plan.forced_mcp[1] if plan.forced_mcp else None
+        offered = tools.chat_tools({t["name"] for t in plan.tools},
+                                   only=forced_label if forced_tool is None else None)
+        builder.classify = tools.classify  # type: ignore[method-assign]
+        for request in prepared.approved:
+            events += builder.mcp_approved_call(request["server_label"], request["name"],
+                                                request["arguments"], request["id"])
+            events += await tools.run(builder)
+        generation = prepared.generation
+        functions = [] if forced_label else (generation.tools or [])
+        choice = generation.tool_choice
+        if plan.mode == "none":
+            offered, choice = [], None
+        elif forced_label is not None:
+            name = tools.chat_name(forced_label, forced_tool) if forced_tool else None
+            if name is not None:
+                choice = {"type": "function", "function": {"name": name}}
+            else:
+                choice = "required" if offered else None
+        elif offered and choice is None:
+            choice = "auto"
+        all_tools = functions + offered
+        prepared.generation = dataclasses.replace(
+            generation,
+            messages=to_messages(prepared.req.instructions,
+                                 prepared.context + builder.response["output"],
+                                 vision=prepared.backend.vision),
+            tools=all_tools or None,
+            tool_choice=choice if all_tools else None,
+        )
+        return events
 
     async def _resolve_stored(self, items: list[Item], raw: Any) -> list[Item]:
         """Replace ``item_reference``s by the stored items, and refuse an item sent with the

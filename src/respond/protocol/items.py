@@ -156,11 +156,68 @@ def _reasoning(raw: dict[str, Any], param: str) -> Item:
     return item
 
 
+def _mcp_approval_response(raw: dict[str, Any], param: str) -> Item:
+    approve = raw.get("approve")
+    if not isinstance(approve, bool):
+        raise _bad(f"Invalid type for '{param}.approve': expected a boolean.", f"{param}.approve",
+                   "invalid_type" if approve is not None else "missing_required_parameter")
+    reason = raw.get("reason")
+    return {
+        "id": raw.get("id") or new_id("mcp_approval_response"),
+        "type": "mcp_approval_response",
+        "approval_request_id": _require_str(raw, "approval_request_id", param),
+        "approve": approve,
+        "reason": reason if isinstance(reason, str) else None,
+    }
+
+
+def _mcp_approval_request(raw: dict[str, Any], param: str) -> Item:
+    return {
+        "id": _require_str(raw, "id", param),
+        "type": "mcp_approval_request",
+        "server_label": _require_str(raw, "server_label", param),
+        "name": _require_str(raw, "name", param),
+        "arguments": _require_str(raw, "arguments", param),
+    }
+
+
+def _mcp_list_tools(raw: dict[str, Any], param: str) -> Item:
+    tools = raw.get("tools")
+    if not isinstance(tools, list):
+        raise _bad(f"Invalid type for '{param}.tools': expected an array.", f"{param}.tools",
+                   "invalid_type")
+    return {
+        "id": _require_str(raw, "id", param),
+        "type": "mcp_list_tools",
+        "server_label": _require_str(raw, "server_label", param),
+        "tools": tools,
+        "error": raw.get("error"),
+    }
+
+
+def _mcp_call(raw: dict[str, Any], param: str) -> Item:
+    return {
+        "id": _require_str(raw, "id", param),
+        "type": "mcp_call",
+        "status": raw.get("status") or "completed",
+        "server_label": _require_str(raw, "server_label", param),
+        "name": _require_str(raw, "name", param),
+        "arguments": _require_str(raw, "arguments", param),
+        "output": raw.get("output"),
+        "error": raw.get("error"),
+        "approval_request_id": raw.get("approval_request_id"),
+    }
+
+
 _BUILDERS = {
     "message": _message,
     "function_call": _function_call,
     "function_call_output": _function_call_output,
     "reasoning": _reasoning,
+    "mcp_approval_response": _mcp_approval_response,
+    "mcp_approval_request": _mcp_approval_request,
+    "mcp_list_tools": _mcp_list_tools,
+    "mcp_call": _mcp_call,
 }
 
 

@@ -5,7 +5,7 @@ the Chat Completions vocabulary every backend speaks.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import jsonschema
@@ -36,6 +36,9 @@ def normalize_tools(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
     for i, tool in enumerate(tools or ()):
         param = f"tools[{i}]"
         kind = tool.get("type")
+        if kind == "mcp":
+            out.append(_mcp_echo(mcp_server(tool, param)))
+            continue
         if kind != "function":
             raise UnsupportedParameter(
                 f"Unsupported value for '{param}.type': tool type '{kind}' is not available.",
@@ -76,6 +79,7 @@ class ToolPlan:
     tools: list[dict[str, Any]]  # the function tools the model may call (Responses shape)
     mode: str  # "none" | "auto" | "required"
     forced: str | None = None  # the one function that must be called
+    forced_mcp: tuple[str, str | None] | None = None  # (server_label, tool name or None)
 
     def chat_tools(self) -> list[dict[str, Any]] | None:
         if not self.tools or self.mode == "none":
@@ -95,15 +99,28 @@ class ToolPlan:
         return self.mode
 
 
-def plan_tools(tools: list[dict[str, Any]], choice: Any) -> ToolPlan:
+def plan_tools(all_tools: list[dict[str, Any]], choice: Any) -> ToolPlan:
     """Resolve ``tool_choice`` against the tools; a choice naming a missing tool is a 400."""
+    tools = [t for t in all_tools if t["type"] == "function"]
+    labels = {t["server_label"] for t in all_tools if t["type"] == "mcp"}
     by_name = {t["name"]: t for t in tools}
     if choice is None or choice == "auto":
-        return ToolPlan(tools, "auto" if tools else "none")
+        return ToolPlan(tools, "auto" if all_tools else "none")
     if choice == "none":
         return ToolPlan(tools, "none")
+    if isinstance(choice, dict) and choice.get("type") == "mcp":
+        label = choice.get("server_label")
+        if label not in labels:
+            raise InvalidRequest(f"Invalid value for 'tool_choice.server_label': no mcp tool "
+                                 f"with server_label '{label}' in 'tools'.",
+                                 param="tool_choice.server_label", code="invalid_value")
+        name = choice.get("name")
+        if name is not None and not isinstance(name, str):
+            raise InvalidRequest("Invalid type for 'tool_choice.name': expected a string.",
+                                 param="tool_choice.name", code="invalid_type")
+        return ToolPlan(tools, "required", forced_mcp=(label, name))
     if choice == "required":
-        if not tools:
+        if not all_tools:
             raise InvalidRequest("Invalid value for 'tool_choice': 'required' needs at least "
                                  "one tool in 'tools'.", param="tool_choice", code="invalid_value")
         return ToolPlan(tools, "required")
@@ -163,3 +180,154 @@ def response_format(fmt: dict[str, Any] | None) -> dict[str, Any] | None:
     if fmt.get("description"):
         spec["description"] = fmt["description"]
     return {"type": "json_schema", "json_schema": spec}
+
+
+# -- remote MCP servers ----------------------------------------------------------------------
+
+_LABEL = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+_MCP_KEYS = {"type", "server_label", "server_url", "headers", "allowed_tools",
+             "require_approval", "server_description", "authorization"}
+
+
+@dataclass(frozen=True, slots=True)
+class ToolFilter:
+    """``{tool_names, read_only}``: matches a tool by name, or by its read-only hint."""
+
+    names: frozenset[str] | None = None
+    read_only: bool | None = None
+
+    def matches(self, name: str, annotations: dict[str, Any] | None) -> bool:
+        if self.names is not None and name in self.names:
+            return True
+        if self.read_only is not None:
+            hint = bool((annotations or {}).get("readOnlyHint")
+                        or (annotations or {}).get("read_only"))
+            return hint == self.read_only
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class McpServer:
+    """One ``mcp`` tool of a request. ``headers`` are secret: never echoed, stored or logged."""
+
+    label: str
+    url: str
+    headers: dict[str, str] = field(repr=False)
+    allowed: ToolFilter | None
+    approval: str | dict[str, Any]
+    description: str | None
+    echo: dict[str, Any]  # the tool as the Response shows it
+
+    def allows(self, name: str, annotations: dict[str, Any] | None) -> bool:
+        return self.allowed is None or self.allowed.matches(name, annotations)
+
+    def needs_approval(self, name: str, annotations: dict[str, Any] | None) -> bool:
+        if self.approval == "never":
+            return False
+        if self.approval == "always" or not isinstance(self.approval, dict):
+            return True
+        never = self.approval.get("never")
+        always = self.approval.get("always")
+        if always and _filter(always, "").matches(name, annotations):
+            return True
+        if never and _filter(never, "").matches(name, annotations):
+            return False
+        return True
+
+
+def _filter(raw: Any, param: str) -> ToolFilter:
+    if isinstance(raw, list):
+        if not all(isinstance(n, str) for n in raw):
+            raise InvalidRequest(f"Invalid value for '{param}': expected tool names.",
+                                 param=param, code="invalid_value")
+        return ToolFilter(names=frozenset(raw))
+    if isinstance(raw, dict):
+        unknown = set(raw) - {"tool_names", "read_only"}
+        if unknown:
+            key = sorted(unknown)[0]
+            raise InvalidRequest(f"Unknown parameter: '{param}.{key}'.", param=f"{param}.{key}",
+                                 code="unknown_parameter")
+        names = raw.get("tool_names")
+        if names is not None and (not isinstance(names, list)
+                                  or not all(isinstance(n, str) for n in names)):
+            raise InvalidRequest(f"Invalid value for '{param}.tool_names': expected a list of "
+                                 "tool names.", param=f"{param}.tool_names", code="invalid_value")
+        read_only = raw.get("read_only")
+        if read_only is not None and not isinstance(read_only, bool):
+            raise InvalidRequest(f"Invalid type for '{param}.read_only': expected a boolean.",
+                                 param=f"{param}.read_only", code="invalid_type")
+        return ToolFilter(frozenset(names) if names is not None else None, read_only)
+    raise InvalidRequest(f"Invalid type for '{param}': expected a list or an object.",
+                         param=param, code="invalid_type")
+
+
+def mcp_server(tool: dict[str, Any], param: str) -> McpServer:
+    for key in tool:
+        if key not in _MCP_KEYS:
+            raise InvalidRequest(f"Unknown parameter: '{param}.{key}'.", param=f"{param}.{key}",
+                                 code="unknown_parameter")
+    label = tool.get("server_label")
+    if not isinstance(label, str) or not _LABEL.match(label):
+        raise InvalidRequest(f"Invalid value for '{param}.server_label': labels are 1-64 "
+                             "letters, digits, '_' or '-'.", param=f"{param}.server_label",
+                             code="invalid_value" if label is not None
+                             else "missing_required_parameter")
+    url = tool.get("server_url")
+    if not isinstance(url, str) or not re.match(r"^https?://[^/\s]+", url):
+        raise InvalidRequest(f"Invalid value for '{param}.server_url': an http(s) URL is "
+                             "required.", param=f"{param}.server_url",
+                             code="invalid_value" if url is not None
+                             else "missing_required_parameter")
+    headers = tool.get("headers") or {}
+    if not isinstance(headers, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
+        raise InvalidRequest(f"Invalid type for '{param}.headers': expected an object of "
+                             "strings.", param=f"{param}.headers", code="invalid_type")
+    headers = dict(headers)
+    if isinstance(tool.get("authorization"), str):
+        headers.setdefault("Authorization", f"Bearer {tool['authorization']}")
+    allowed_raw = tool.get("allowed_tools")
+    allowed = None if allowed_raw is None else _filter(allowed_raw, f"{param}.allowed_tools")
+    approval = tool.get("require_approval")
+    if approval is None:
+        approval = "always"
+    if isinstance(approval, dict):
+        unknown = set(approval) - {"always", "never"}
+        if unknown:
+            key = sorted(unknown)[0]
+            raise InvalidRequest(f"Unknown parameter: '{param}.require_approval.{key}'.",
+                                 param=f"{param}.require_approval.{key}",
+                                 code="unknown_parameter")
+        for key, value in approval.items():
+            _filter(value, f"{param}.require_approval.{key}")
+    elif approval not in ("always", "never"):
+        raise InvalidRequest(f"Invalid value for '{param}.require_approval': expected "
+                             "'always', 'never' or an object.",
+                             param=f"{param}.require_approval", code="invalid_value")
+    description = tool.get("server_description")
+    echo = {
+        "type": "mcp",
+        "server_label": label,
+        "server_url": url,
+        "headers": None,
+        "allowed_tools": allowed_raw,
+        "require_approval": approval,
+        "server_description": description,
+    }
+    return McpServer(label, url, headers, allowed, approval, description, echo)
+
+
+def _mcp_echo(server: McpServer) -> dict[str, Any]:
+    return dict(server.echo)
+
+
+def mcp_servers(tools: list[dict[str, Any]] | None) -> list[McpServer]:
+    """The request's ``mcp`` tools, with their secrets (already validated by normalize_tools)."""
+    servers = [mcp_server(t, f"tools[{i}]") for i, t in enumerate(tools or ())
+               if t.get("type") == "mcp"]
+    labels = [s.label for s in servers]
+    for label in labels:
+        if labels.count(label) > 1:
+            raise InvalidRequest(f"Duplicate server_label '{label}' in 'tools'.", param="tools",
+                                 code="invalid_value")
+    return servers

@@ -20,7 +20,26 @@ from typing import Any
 
 
 class ToolError(Exception):
-    """A tool could not be listed or run; ``str(exc)`` is safe to show to the client."""
+    """A tool could not be listed or run; ``str(exc)`` is safe to show to the client.
+
+    ``kind`` says whose fault it was, as the ``mcp_call.error`` object reports it:
+    ``"execution"`` (the tool ran and reported an error), ``"http"`` (the server answered
+    with an HTTP error ``code``) or ``"protocol"`` (anything else: unreachable, time-out,
+    refused by the egress policy, garbage).
+    """
+
+    def __init__(self, message: str, *, kind: str = "protocol", code: int | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.code = code
+
+    def error_object(self) -> dict[str, Any]:
+        if self.kind == "execution":
+            return {"type": "mcp_tool_execution_error",
+                    "content": [{"type": "text", "text": str(self)}]}
+        if self.kind == "http":
+            return {"type": "http_error", "code": self.code or 502, "message": str(self)}
+        return {"type": "mcp_protocol_error", "code": self.code or -32000, "message": str(self)}
 
 
 @dataclass(frozen=True, slots=True)
