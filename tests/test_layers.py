@@ -17,7 +17,7 @@ import respond
 PACKAGE = Path(respond.__file__).resolve().parent
 
 # layer of a module: the first component of its name inside ``respond``
-FOUNDATION = {"protocol", "domain", "errors", "ids", "settings", "network"}
+FOUNDATION = {"protocol", "domain", "errors", "ids", "settings", "network", "sealing"}
 ADAPTERS = {"backends", "store", "tools"}
 ENGINE = {"engine", "jobs"}
 TOP = {"http", "app", "cli", "__main__"}

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
 import time
 from collections.abc import AsyncIterator, Mapping
 
@@ -25,9 +27,12 @@ from respond.errors import APIError, InvalidRequest, NotFound, ServerError
 from respond.http.auth import APIKeyAuth
 from respond.http.render import error_response
 from respond.http.routes import all_routes, api_error_handler
+from respond.network import EgressPolicy
+from respond.sealing import Sealer
 from respond.settings import LlamaCppModel, OpenAIModel, Settings
 from respond.store import Store
 from respond.store.open import open_store
+from respond.tools.mcp import McpSession
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +66,19 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 
 
 PURGE_INTERVAL_SECONDS = 3600
+
+
+def _secret_key(settings: Settings) -> bytes:
+    """The configured secret key, or one kept in the data dir (readable by us alone)."""
+    if settings.server.secret_key is not None:
+        return settings.server.secret_key.get_secret_value().encode()
+    path = settings.data_dir / "secret.key"
+    if not path.exists():
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(secrets.token_bytes(32))
+    return path.read_bytes()
 
 
 async def _purge_forever(store: Store) -> None:
@@ -97,14 +115,18 @@ def create_app(
                     backend = await open_backend(name, config)
                     stack.push_async_callback(backend.aclose)
                     the_backends[name] = backend
+            policy = EgressPolicy(settings.network.allow)
             service = ResponsesService(
                 the_store, the_backends,
                 retention_seconds=int(settings.server.retention_days * 86400),
+                connector=lambda server: McpSession.open(
+                    server.url, server.headers, policy, server_label=server.label),
             )
             stack.push_async_callback(service.flush)
-            app.state.background = Background(service)
+            sealer = Sealer(_secret_key(settings))
+            app.state.background = Background(service, sealer)
             if settings.server.background_workers:
-                worker = Worker(service, concurrency=settings.server.background_workers,
+                worker = Worker(service, sealer, concurrency=settings.server.background_workers,
                                 lease_seconds=settings.server.job_lease_seconds)
                 worker_task = asyncio.create_task(worker.run_forever())
                 stack.push_async_callback(worker.aclose)

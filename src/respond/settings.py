@@ -32,10 +32,24 @@ class ServerSettings(_Strict):
     retention_days: float = Field(default=30, gt=0)
     background_workers: int = Field(default=8, ge=0, le=1024)  # concurrent background jobs
     job_lease_seconds: float = Field(default=30, ge=1)  # a silent worker is declared dead after
+    # seals MCP credentials of background jobs in the database; every replica needs the same
+    # one. Default: a random key kept in <data-dir>/secret.key
+    secret_key: SecretStr | None = None
 
 
 class NetworkSettings(_Strict):
+    """Where server-side fetches (MCP servers, image and file URLs) may go besides public
+    addresses: CIDR networks or host names."""
+
     allow: list[str] = Field(default_factory=list)
+
+    @field_validator("allow")
+    @classmethod
+    def _valid_entries(cls, v: list[str]) -> list[str]:
+        from respond.network import EgressPolicy
+
+        EgressPolicy(v)  # raises ValueError naming a bad entry
+        return v
 
 
 class LlamaCppModel(_Strict):
@@ -107,6 +121,7 @@ def build_settings(
 
     ``RESPOND_API_KEYS`` (comma-separated) replaces ``server.api_keys``;
     ``RESPOND_DATABASE_URL`` replaces ``server.database_url``;
+    ``RESPOND_SECRET_KEY`` replaces ``server.secret_key``;
     ``RESPOND_MODEL_<NAME>_API_KEY`` sets the ``api_key`` of model NAME.
     """
     env = env or {}
@@ -118,6 +133,8 @@ def build_settings(
         server["api_keys"] = [k.strip() for k in env["RESPOND_API_KEYS"].split(",") if k.strip()]
     if env.get("RESPOND_DATABASE_URL"):
         server["database_url"] = env["RESPOND_DATABASE_URL"]
+    if env.get("RESPOND_SECRET_KEY"):
+        server["secret_key"] = env["RESPOND_SECRET_KEY"]
     models = raw.get("models") or {}
     if isinstance(models, dict):
         raw["models"] = {

@@ -31,6 +31,7 @@ from respond.engine.service import Prepared, ResponsesService
 from respond.errors import APIError, InvalidRequest, NotFound
 from respond.ids import new_id
 from respond.protocol.request import CreateResponse
+from respond.sealing import Sealer, SealError
 from respond.store import Job, Store, StoredResponse
 
 log = logging.getLogger(__name__)
@@ -51,12 +52,45 @@ ORPHAN_MESSAGE = (
 )
 
 
+def seal_request(req: CreateResponse, sealer: Sealer) -> dict[str, Any]:
+    """The request as a job payload, MCP ``headers`` sealed: the database never holds them
+    in plaintext."""
+    request = req.model_dump(mode="json", exclude_unset=True)
+    secrets: dict[str, Any] = {}
+    for index, tool in enumerate(request.get("tools") or ()):
+        if isinstance(tool, dict) and tool.get("type") == "mcp":
+            for key in ("headers", "authorization"):
+                if tool.get(key):
+                    secrets[f"{index}.{key}"] = tool.pop(key)
+    payload: dict[str, Any] = {"request": request}
+    if secrets:
+        payload["sealed"] = sealer.seal(secrets)
+    return payload
+
+
+def unseal_request(payload: dict[str, Any], sealer: Sealer) -> CreateResponse:
+    request = payload["request"]
+    if payload.get("sealed"):
+        try:
+            secrets = sealer.open(payload["sealed"])
+        except SealError:
+            raise InvalidRequest(
+                "The MCP credentials of this background response cannot be unsealed here: "
+                "every replica must share the same [server] secret_key.") from None
+        assert isinstance(secrets, dict)
+        for place, value in secrets.items():
+            index, key = place.split(".")
+            request["tools"][int(index)][key] = value
+    return CreateResponse.model_validate(request)
+
+
 class Background:
     """Submitting, cancelling and following background responses (any replica)."""
 
-    def __init__(self, service: ResponsesService) -> None:
+    def __init__(self, service: ResponsesService, sealer: Sealer) -> None:
         self.service = service
         self.store: Store = service.store
+        self.sealer = sealer
 
     async def submit(self, prepared: Prepared) -> StoredResponse:
         req = prepared.req
@@ -67,8 +101,7 @@ class Background:
         await self.store.save_response(record, prepared.new_items)
         if req.stream:
             await self.store.append_events(record.id, prepared.builder.queued())
-        payload = {"request": req.model_dump(mode="json", exclude_unset=True),
-                   "stream": bool(req.stream)}
+        payload = {**seal_request(req, self.sealer), "stream": bool(req.stream)}
         await self.store.enqueue(record, [], payload)
         return record
 
@@ -141,8 +174,9 @@ def _with_body(stored: StoredResponse, body: dict[str, Any]) -> StoredResponse:
 class Worker:
     """Claims and runs background jobs; one per replica, ``concurrency`` jobs at a time."""
 
-    def __init__(self, service: ResponsesService, *, concurrency: int = 8,
+    def __init__(self, service: ResponsesService, sealer: Sealer, *, concurrency: int = 8,
                  lease_seconds: float = 30.0) -> None:
+        self.sealer = sealer
         self.service = service
         self.store: Store = service.store
         self.concurrency = concurrency
@@ -210,11 +244,11 @@ class Worker:
             await self.store.save_response(_with_body(stored, dict(stored.body,
                                                                    status="cancelled")), [])
             return
-        req = CreateResponse.model_validate(job.payload["request"])
         items = await self.store.get_items(stored.context_ids)
         context = [items[i] for i in stored.context_ids if i in items]
         sink = _Sink(self.store, stored, stream)
         try:
+            req = unseal_request(job.payload, self.sealer)
             backend = self.service.backend_for(req.model or "")
             prepared = self.service.plan(req, backend, dict(stored.body), context, stored, [])
             prepared.builder.sequence = 2  # after response.created and response.queued

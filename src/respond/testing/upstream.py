@@ -49,8 +49,10 @@ class Behaviour:
     """What the server does with the next requests; change it between or during tests.
 
     ``tool_calls`` items are ``{"name": str, "arguments": str | dict}``; their arguments are
-    streamed in several fragments. ``break_after`` closes the connection after that many
-    chunks of a stream. ``delay`` is slept before each streamed chunk.
+    streamed in several fragments; with ``tool_calls_once`` only the next request gets them
+    and later ones answer with text (a model that calls a tool, then answers). ``break_after``
+    closes the connection after that many chunks of a stream. ``delay`` is slept before each
+    streamed chunk.
     """
 
     tokens: int = 16
@@ -62,6 +64,7 @@ class Behaviour:
     error_code: str | None = None
     context_limit: int | None = None
     break_after: int | None = None
+    tool_calls_once: bool = False
 
 
 @dataclass(frozen=True)
@@ -206,6 +209,8 @@ class UpstreamServer:
             body = raw.decode("utf-8", "replace")
         self._record(request, body)
         plan = self.behaviour
+        if plan.tool_calls and plan.tool_calls_once:
+            self.behaviour = dataclasses.replace(plan, tool_calls=None)
         if self.api_key is not None and (
             request.headers.get("authorization") != f"Bearer {self.api_key}"
         ):
@@ -257,6 +262,8 @@ class _Answer:
     @classmethod
     def plan(cls, plan: Behaviour, body: dict[str, Any], prompt: int) -> _Answer:
         pieces = _token_pieces(plan.tokens) if plan.reply is None else _split_reply(plan.reply)
+        if plan.tool_calls and plan.tool_calls_once:
+            pieces = ()  # a turn that only calls tools; the text comes in the next one
         calls = tuple((str(call["name"]), _arguments(call)) for call in plan.tool_calls or ())
         limit = body.get("max_completion_tokens", body.get("max_tokens"))
         finish = "tool_calls" if calls else "stop"

@@ -1,0 +1,581 @@
+"""The MCP client adapter: list and call the tools of a remote MCP server for one request.
+
+``McpSession`` speaks to one server (``server_url`` + ``headers`` of an ``mcp`` tool) through
+the ``mcp`` SDK: Streamable HTTP first, the legacy SSE transport when the server answers the
+first POST with 400/404/405. Every HTTP request goes through an httpx2 client built from the
+``EgressPolicy`` (each connection resolved, checked and pinned to the checked address) and
+carries the tool's ``headers``.
+
+Rules:
+
+* One connection per session, reused for every ``list_tools``/``call``. ``McpPool`` shares one
+  connection between the ``mcp`` tools of a request that point at the same server with the
+  same headers.
+* The SDK runs task groups for the life of a connection. They live in a runner task owned by
+  the connection, never in the caller's task, so a transport that dies (server gone, protocol
+  garbage) ends the runner and fails the pending call with ``ToolError`` instead of
+  cancelling the caller, and ``aclose()`` reaps them.
+* Connect and every call are bounded by ``timeout`` (default 30 s).
+* Everything that goes wrong becomes a ``ToolError`` (or a subclass that says which kind, for
+  the ``mcp_call.error`` of the Responses API). Its message names the server by label and
+  never contains a header value: messages are built from our own words plus the server's,
+  and any header value is scrubbed from them, from returned text and from log lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import http
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any, Self, TypeVar
+
+import httpx2
+import mcp_types as types
+from mcp.client import Client
+from mcp.client.sse import sse_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+from pydantic import ValidationError
+
+from ..network import EgressDenied, EgressError, EgressPolicy
+from . import ToolError, ToolSpec
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = 30.0
+_CLOSE_GRACE = 5.0  # seconds a closing connection may spend saying goodbye (DELETE)
+_SSE_READ_TIMEOUT = 300.0  # an idle server-to-client stream is normal; calls have their own bound
+_FALLBACK_STATUSES = {400, 404, 405}  # "this is not a Streamable HTTP endpoint"
+_MAX_PAGES = 100
+_MAX_MESSAGE = 600
+_CLIENT_INFO = types.Implementation(name="respond", version="0.1.0")
+
+T = TypeVar("T")
+
+
+class McpToolExecutionError(ToolError):
+    """The tool ran and reported an error (``isError``); ``content`` is its text."""
+
+    def __init__(self, message: str, content: str) -> None:
+        super().__init__(message)
+        self.content = content
+
+
+class McpProtocolError(ToolError):
+    """The server answered with a JSON-RPC error or broke the protocol; ``code`` is JSON-RPC's."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class McpHttpError(ToolError):
+    """The server answered an HTTP error status (``code``)."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _Failure(Exception):
+    """A connection-level failure, described without the server's label (added by the session).
+
+    ``kind`` picks the ``ToolError`` subclass: ``"protocol"``, ``"http"`` or ``None``.
+    """
+
+    def __init__(self, text: str, kind: str | None = None, code: int = 0) -> None:
+        super().__init__(text)
+        self.text = text
+        self.kind = kind
+        self.code = code
+
+    def copy(self) -> _Failure:
+        """A fresh exception to raise again (a stored one would pile up tracebacks)."""
+        return _Failure(self.text, self.kind, self.code)
+
+
+class McpSession:
+    """The tools of one MCP server for one request, under one ``server_label``.
+
+    ``async with McpSession.open(url, headers, policy, server_label="x") as s: ...``, or
+    ``s = McpSession(...)``, ``await s.connect()`` ... ``await s.aclose()``. Connecting is
+    lazy: the first ``list_tools``/``call`` connects if ``connect`` was not called. Open and
+    close a session in the same task; calls may come from any task.
+    """
+
+    def __init__(
+        self,
+        server_url: str,
+        headers: Mapping[str, str] | None,
+        policy: EgressPolicy,
+        *,
+        server_label: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        connection: _Connection | None = None,
+    ) -> None:
+        self._connection = connection or _Connection(server_url, headers or {}, policy, timeout)
+        self.server_label = server_label or _host(server_url)
+        self._owns_connection = connection is None
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls,
+        server_url: str,
+        headers: Mapping[str, str] | None,
+        policy: EgressPolicy,
+        *,
+        server_label: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> AsyncIterator[McpSession]:
+        """A connected session, closed on exit; ``ToolError`` if it cannot connect."""
+        session = cls(server_url, headers, policy, server_label=server_label, timeout=timeout)
+        try:
+            await session.connect()
+            yield session
+        finally:
+            await session.aclose()
+
+    @property
+    def transport(self) -> str | None:
+        """``"streamable-http"`` or ``"sse"`` once connected."""
+        return self._connection.transport
+
+    async def connect(self) -> None:
+        with self._errors():
+            await self._connection.start()
+
+    async def list_tools(self) -> list[ToolSpec]:
+        """Every tool of the server (all pages)."""
+        with self._errors():
+            tools: list[types.Tool] = []
+            cursor: str | None = None
+            for _ in range(_MAX_PAGES):
+
+                def page_of(client: Client, cursor: str | None = cursor) -> Awaitable[Any]:
+                    return client.list_tools(cursor=cursor)
+
+                page = await self._connection.request(page_of)
+                tools.extend(page.tools)
+                cursor = page.next_cursor
+                if not cursor:
+                    break
+            return [self._spec(tool) for tool in tools]
+
+    async def call(self, name: str, arguments: dict[str, Any]) -> str:
+        """Run tool ``name``; its text content joined by newlines (other content as JSON).
+
+        A result flagged ``isError`` raises ``McpToolExecutionError`` with the tool's text.
+        """
+        with self._errors():
+            result = await self._connection.request(
+                lambda c: c.call_tool(
+                    name, arguments, read_timeout_seconds=self._connection.timeout
+                )
+            )
+            text = self._connection.redact(result_text(result))
+        if result.is_error:
+            raise McpToolExecutionError(_clip(text) or f"The tool '{name}' failed.", text)
+        return text
+
+    async def aclose(self) -> None:
+        if self._owns_connection:
+            await self._connection.aclose()
+
+    def _spec(self, tool: types.Tool) -> ToolSpec:
+        annotations = (
+            tool.annotations.model_dump(by_alias=True, mode="json", exclude_none=True)
+            if tool.annotations is not None
+            else None
+        )
+        description = self._connection.redact(tool.description) if tool.description else None
+        return ToolSpec(tool.name, description, dict(tool.input_schema), annotations or None)
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except _Failure as failure:
+            message = self._connection.redact(f"MCP server '{self.server_label}' {failure.text}")
+            message = _clip(message)
+            if failure.kind == "protocol":
+                raise McpProtocolError(message, failure.code) from None
+            if failure.kind == "http":
+                raise McpHttpError(message, failure.code) from None
+            raise ToolError(message) from None
+
+
+class McpPool:
+    """The MCP sessions of one request, one connection per (server_url, headers).
+
+    ``async with McpPool(policy) as pool: s = await pool.session(label, url, headers)``.
+    A connection that failed stays failed for the pool's life, so a dead server costs one
+    time-out per request, not one per tool.
+    """
+
+    def __init__(self, policy: EgressPolicy, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.policy = policy
+        self.timeout = timeout
+        self._connections: dict[tuple[str, str], _Connection] = {}
+        self._lock = asyncio.Lock()
+
+    async def session(
+        self, server_label: str, server_url: str, headers: Mapping[str, str] | None
+    ) -> McpSession:
+        """A connected session (``ToolError`` if the server cannot be reached)."""
+        key = (server_url, _headers_key(headers or {}))
+        async with self._lock:
+            connection = self._connections.get(key)
+            if connection is None:
+                connection = _Connection(server_url, headers or {}, self.policy, self.timeout)
+                self._connections[key] = connection
+        session = McpSession(
+            server_url, headers, self.policy, server_label=server_label, connection=connection
+        )
+        await session.connect()
+        return session
+
+    async def aclose(self) -> None:
+        connections, self._connections = list(self._connections.values()), {}
+        await asyncio.gather(*(c.aclose() for c in connections), return_exceptions=True)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+def _headers_key(headers: Mapping[str, str]) -> str:
+    canonical = json.dumps(sorted((k.lower(), v) for k, v in headers.items()))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class _Connection:
+    """One MCP client connection, run by its own task (see the module docstring)."""
+
+    def __init__(
+        self, url: str, headers: Mapping[str, str], policy: EgressPolicy, timeout: float
+    ) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.transport: str | None = None
+        self._headers = dict(headers)
+        self._secrets = _secrets(self._headers)
+        self._policy = policy
+        self._client: Client | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+        self._closing = asyncio.Event()
+        self._start_lock = asyncio.Lock()
+        self._failure: _Failure | None = None
+        self._statuses: list[int] = []  # HTTP error statuses seen, in order
+        self._deadline = 0.0
+        self._serve_seen = 0  # statuses before the current transport attempt are not its own
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect (once); wait, within the connect time-out, until the handshake is done."""
+        async with self._start_lock:
+            if self._failure is not None:
+                raise self._failure.copy()
+            if self._client is not None:
+                return
+            if self._runner is None:
+                try:
+                    await self._policy.check_url(self.url)  # a clear refusal before any SDK work
+                except EgressDenied as exc:
+                    self._failure = _Failure(f"was not contacted: {exc}")
+                    raise self._failure from None
+                except EgressError as exc:
+                    self._failure = _Failure(f"could not be reached: {exc}")
+                    raise self._failure from None
+                self._deadline = asyncio.get_running_loop().time() + self.timeout
+                self._runner = asyncio.create_task(self._run(), name=f"mcp {_safe_url(self.url)}")
+            # a caller cancelled while waiting leaves the runner going: the next caller waits
+            # for the same handshake, until the same deadline
+            ready = asyncio.create_task(self._ready.wait())
+            try:
+                remaining = self._deadline - asyncio.get_running_loop().time()
+                await asyncio.wait({self._runner, ready}, timeout=max(remaining, 0),
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                ready.cancel()
+            if self._client is not None:
+                return
+            if not self._runner.done():
+                self._failure = _Failure(f"did not answer within {_seconds(self.timeout)} s")
+                await self._stop_runner()
+            raise (self._failure or _Failure("closed the connection while connecting")).copy()
+
+    async def aclose(self) -> None:
+        if self._failure is None:
+            self._failure = _Failure("is no longer connected: the session was closed")
+        self._closing.set()
+        if self._runner is not None and not self._runner.done():
+            await self._stop_runner(grace=min(_CLOSE_GRACE, self.timeout))
+
+    async def _stop_runner(self, grace: float = 0.0) -> None:
+        runner = self._runner
+        assert runner is not None
+        self._closing.set()
+        if grace:
+            await asyncio.wait({runner}, timeout=grace)
+        if not runner.done():
+            runner.cancel()
+            await asyncio.wait({runner}, timeout=_CLOSE_GRACE)
+            if not runner.done():
+                logger.warning("MCP connection to %s did not stop", _safe_url(self.url))
+
+    async def _run(self) -> None:
+        """The runner: open the SDK client, serve until closing, record why it ended."""
+        try:
+            try:
+                await self._serve("streamable-http", may_fall_back=True)
+            except _FallBack:
+                logger.info("MCP server %s: falling back to the SSE transport", _safe_url(self.url))
+                await self._serve("sse", may_fall_back=False)
+        except Exception as exc:  # noqa: BLE001 — the runner's end is reported, never raised
+            if self._failure is None:
+                self._failure = self._describe(exc, self._statuses[self._serve_seen :])
+            logger.info(
+                "MCP connection to %s ended: %s", _safe_url(self.url), self.redact(self._failure.text)
+            )
+        finally:
+            self._client = None
+            if self._failure is None:
+                self._failure = _Failure("closed the connection")
+
+    async def _serve(self, transport: str, *, may_fall_back: bool) -> None:
+        seen = self._serve_seen = len(self._statuses)
+        async with AsyncExitStack() as stack:
+            if transport == "sse":
+                stream = sse_client(
+                    self.url, timeout=self.timeout, sse_read_timeout=_SSE_READ_TIMEOUT,
+                    httpx_client_factory=self._http_client,
+                )
+            else:
+                http_client = await stack.enter_async_context(self._http_client())
+                stream = streamable_http_client(self.url, http_client=http_client)
+            client = Client(
+                stream, mode="auto", cache=None, read_timeout_seconds=self.timeout,
+                client_info=_CLIENT_INFO,
+            )
+            try:
+                await stack.enter_async_context(client)
+            except Exception as exc:
+                statuses = self._statuses[seen:]
+                if may_fall_back and statuses and statuses[-1] in _FALLBACK_STATUSES and any(
+                    isinstance(leaf, MCPError) for leaf in _leaves(exc)
+                ):
+                    raise _FallBack from exc
+                raise
+            self.transport = transport
+            self._client = client
+            self._ready.set()
+            await self._closing.wait()
+
+    def _http_client(
+        self,
+        headers: dict[str, str] | None = None,
+        timeout: httpx2.Timeout | None = None,
+        auth: httpx2.Auth | None = None,
+    ) -> httpx2.AsyncClient:
+        """The guarded client of this connection (the SDK's client-factory signature; its
+        arguments are ignored: the headers are ours, time-outs ours, no auth flow)."""
+        return self._policy.httpx2_client(
+            headers=self._headers,
+            timeout=httpx2.Timeout(self.timeout, read=max(_SSE_READ_TIMEOUT, self.timeout)),
+            event_hooks={"response": [self._on_response]},
+        )
+
+    async def _on_response(self, response: httpx2.Response) -> None:
+        if response.status_code >= 400:
+            self._statuses.append(response.status_code)
+
+    # -- requests --------------------------------------------------------------------------
+
+    async def request(self, send: Callable[[Client], Awaitable[T]]) -> T:
+        """``send(client)`` bounded by the time-out, failing fast if the connection dies."""
+        await self.start()
+        client, runner = self._client, self._runner
+        if client is None or runner is None or runner.done():
+            raise (self._failure or _Failure("closed the connection")).copy()
+        seen = len(self._statuses)
+        call = asyncio.ensure_future(send(client))
+        try:
+            await asyncio.wait({call, runner}, timeout=self.timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not call.done():
+                call.cancel()
+                await asyncio.wait({call}, timeout=_CLOSE_GRACE)
+        if call.done() and not call.cancelled():
+            exc = call.exception()
+            if exc is None:
+                return call.result()
+            if isinstance(exc, Exception):
+                raise self._describe(exc, self._statuses[seen:]) from None
+            raise exc
+        if runner.done():
+            raise (self._failure or _Failure("closed the connection")).copy()
+        if self._statuses[seen:]:  # e.g. an SSE message POST refused: no answer will come
+            raise _http_failure(self._statuses[-1])
+        raise _Failure(f"did not answer within {_seconds(self.timeout)} s")
+
+    # -- messages --------------------------------------------------------------------------
+
+    def redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "[redacted]")
+        return text
+
+    def _describe(self, exc: BaseException, statuses: list[int]) -> _Failure:
+        """What went wrong, in the client's words (the label is added by the session);
+        ``statuses`` are the HTTP error statuses seen during the failed operation."""
+        leaves = list(_leaves(exc))
+        for leaf in leaves:
+            if isinstance(leaf, EgressDenied):
+                return _Failure(f"was not contacted: {leaf}")
+        for leaf in leaves:
+            if isinstance(leaf, EgressError):
+                return _Failure(f"could not be reached: {leaf}")
+        status = next(
+            (leaf.response.status_code for leaf in leaves if isinstance(leaf, httpx2.HTTPStatusError)),
+            statuses[-1] if statuses else None,
+        )
+        if status is not None and any(isinstance(leaf, MCPError | httpx2.HTTPStatusError) for leaf in leaves):
+            return _http_failure(status)
+        for leaf in leaves:
+            if isinstance(leaf, httpx2.TimeoutException):
+                return _Failure(f"did not answer within {_seconds(self.timeout)} s")
+        for leaf in leaves:
+            if isinstance(leaf, httpx2.ConnectError | ConnectionRefusedError):
+                return _Failure(f"could not be reached at {_safe_url(self.url)} ({_reason(leaf)})")
+        for leaf in leaves:
+            if isinstance(leaf, httpx2.TransportError | OSError):
+                return _Failure(f"closed the connection ({_reason(leaf)})")
+        for leaf in leaves:
+            if isinstance(leaf, MCPError):
+                return _protocol_failure(leaf)
+        for leaf in leaves:
+            if isinstance(leaf, ValidationError | ValueError):
+                return _Failure("sent a response that is not valid MCP", "protocol", -32600)
+        kinds = ", ".join(sorted({type(leaf).__name__ for leaf in leaves}))
+        return _Failure(f"failed ({kinds})")
+
+
+class _FallBack(Exception):
+    """The Streamable HTTP attempt met a server that does not speak it."""
+
+
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
+    """The exceptions inside (nested) exception groups, each followed by its causes."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+        return
+    yield exc
+    if exc.__cause__ is not None:
+        yield from _leaves(exc.__cause__)
+
+
+def _http_failure(status: int) -> _Failure:
+    try:
+        phrase = http.HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "error"
+    if status in (401, 403):
+        return _Failure(
+            f"refused the request: HTTP {status} {phrase}. Check the headers of the mcp tool.",
+            "http", status,
+        )
+    return _Failure(f"answered HTTP {status} {phrase}", "http", status)
+
+
+def _protocol_failure(error: MCPError) -> _Failure:
+    message = ((error.message or "").strip().splitlines() or ["no message"])[0]
+    if error.code == types.CONNECTION_CLOSED:
+        return _Failure(f"closed the connection ({message})", "protocol", error.code)
+    if error.code in (types.PARSE_ERROR, types.INVALID_REQUEST):
+        return _Failure(f"sent an invalid response: {message}", "protocol", error.code)
+    return _Failure(f"returned an error: {message} (code {error.code})", "protocol", error.code)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionRefusedError) or "refused" in str(exc).lower():
+        return "connection refused"
+    return str(exc) or type(exc).__name__
+
+
+def _secrets(headers: Mapping[str, str]) -> list[str]:
+    """Header values, and their long words (a server may echo just the token of
+    ``Bearer <token>``), longest first so a whole value is scrubbed before its parts."""
+    found: set[str] = set()
+    for value in headers.values():
+        value = value.strip()
+        if len(value) >= 4:
+            found.add(value)
+        found.update(word for word in value.split() if len(word) >= 8)
+    return sorted(found, key=len, reverse=True)
+
+
+def _safe_url(url: str) -> str:
+    """The URL without user info, query or fragment (those may carry secrets)."""
+    try:
+        return str(httpx2.URL(url).copy_with(userinfo=b"", query=None, fragment=None))
+    except (httpx2.InvalidURL, TypeError, ValueError):
+        return "(invalid URL)"
+
+
+def _host(url: str) -> str:
+    try:
+        return httpx2.URL(url).host or "mcp"
+    except (httpx2.InvalidURL, TypeError, ValueError):
+        return "mcp"
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}"
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 1] + "…"
+
+
+# -- results ---------------------------------------------------------------------------------
+
+
+def result_text(result: types.CallToolResult) -> str:
+    """The text blocks of a tool result joined by newlines; other blocks as compact JSON
+    (binary payloads replaced by their size); the structured content when there is no block."""
+    parts: list[str] = []
+    for block in result.content:
+        if isinstance(block, types.TextContent):
+            parts.append(block.text)
+        else:
+            summary = _summarize(block.model_dump(by_alias=True, mode="json", exclude_none=True))
+            parts.append(json.dumps(summary, ensure_ascii=False, separators=(",", ":")))
+    if not parts and result.structured_content is not None:
+        parts.append(json.dumps(result.structured_content, ensure_ascii=False))
+    return "\n".join(parts)
+
+
+def _summarize(value: Any) -> Any:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if key in ("data", "blob") and isinstance(item, str) and len(item) > 64:
+                out[key] = f"<{len(item)} characters of base64 omitted>"
+            else:
+                out[key] = _summarize(item)
+        return out
+    if isinstance(value, list):
+        return [_summarize(v) for v in value]
+    return value
