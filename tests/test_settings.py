@@ -28,15 +28,15 @@ def test_no_config_serves_the_embedded_model_on_sqlite(tmp_path: Path) -> None:
 def test_environment_overrides_secrets() -> None:
     raw = {"models": {"big-one": {"backend": "openai", "base_url": "http://h:1/v1/"}}}
     env = {"RESPOND_API_KEYS": "a, b", "RESPOND_DATABASE_URL": "postgresql://x/y",
-           "RESPOND_MODEL_BIG_ONE_API_KEY": "secret"}
+           "RESPOND_MODEL_BIG_ONE_API_KEY": "hunter2"}
     settings = build_settings(raw, env)
     assert [k.get_secret_value() for k in settings.server.api_keys] == ["a", "b"]
     assert settings.database_url() == "postgresql://x/y"
     model = settings.models["big-one"]
     assert isinstance(model, OpenAIModel)
-    assert model.api_key is not None and model.api_key.get_secret_value() == "secret"
+    assert model.api_key is not None and model.api_key.get_secret_value() == "hunter2"
     assert model.base_url == "http://h:1/v1"
-    assert "secret" not in repr(settings)
+    assert "hunter2" not in repr(settings)
 
 
 @pytest.mark.parametrize(("raw", "named"), [
