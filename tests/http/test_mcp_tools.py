@@ -245,3 +245,16 @@ def test_bad_mcp_tool_definitions_are_400s(client: openai.OpenAI, mcp: McpTestSe
         with pytest.raises(openai.BadRequestError) as caught:
             client.responses.create(model=UP, input="x", tools=[tool])
         assert caught.value.body["param"] == param  # type: ignore[index]
+
+
+def test_a_failing_tool_is_an_error_on_its_call(client: openai.OpenAI, mcp: McpTestServer,
+                                                upstream: UpstreamServer) -> None:
+    upstream.configure(tool_calls=[{"name": "fail", "arguments": {}}], tokens=3,
+                       tool_calls_once=True)
+    response = client.responses.create(model=UP, input="x", tools=[mcp_tool(mcp)])
+    assert response.status == "completed"
+    call = response.output[1]
+    assert call.type == "mcp_call" and call.output is None
+    assert call.error is not None and call.error.type == "mcp_tool_execution_error"
+    assert response.output[2].type == "message", "the model goes on after a failed call"
+    check_response(raw(client, response.id))

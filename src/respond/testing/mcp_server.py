@@ -43,6 +43,7 @@ import anyio
 import uvicorn
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import Message, Receive, Scope, Send
 
 logger = logging.getLogger(__name__)
@@ -86,8 +87,11 @@ class McpTestServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._mcp = self._build_mcp()
-        self._streamable = self._mcp.streamable_http_app(host=host)
-        self._sse = self._mcp.sse_app(host=host)
+        # Host checks off: tests reach the server under made-up names too ("mcp.test"), which
+        # an egress policy's resolver maps to this loopback address
+        anyhost = TransportSecuritySettings(enable_dns_rebinding_protection=False)
+        self._streamable = self._mcp.streamable_http_app(host=host, transport_security=anyhost)
+        self._sse = self._mcp.sse_app(host=host, transport_security=anyhost)
 
     # -- what the server saw ---------------------------------------------------------------
 

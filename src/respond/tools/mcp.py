@@ -62,7 +62,7 @@ class McpToolExecutionError(ToolError):
     """The tool ran and reported an error (``isError``); ``content`` is its text."""
 
     def __init__(self, message: str, content: str) -> None:
-        super().__init__(message)
+        super().__init__(message, kind="execution")
         self.content = content
 
 
@@ -70,16 +70,14 @@ class McpProtocolError(ToolError):
     """The server answered with a JSON-RPC error or broke the protocol; ``code`` is JSON-RPC's."""
 
     def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.code = code
+        super().__init__(message, kind="protocol", code=code)
 
 
 class McpHttpError(ToolError):
     """The server answered an HTTP error status (``code``)."""
 
     def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.code = code
+        super().__init__(message, kind="http", code=code)
 
 
 class _Failure(Exception):
@@ -104,8 +102,9 @@ class McpSession:
 
     ``async with McpSession.open(url, headers, policy, server_label="x") as s: ...``, or
     ``s = McpSession(...)``, ``await s.connect()`` ... ``await s.aclose()``. Connecting is
-    lazy: the first ``list_tools``/``call`` connects if ``connect`` was not called. Open and
-    close a session in the same task; calls may come from any task.
+    lazy: the first ``list_tools``/``call`` connects if ``connect`` was not called. The SDK's
+    task groups live in the connection's own runner task, so any task may connect, call
+    (concurrently too) and close.
     """
 
     def __init__(
