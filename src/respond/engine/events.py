@@ -56,7 +56,11 @@ class EventBuilder:
         return event
 
     def _snapshot(self, kind: str) -> Event:
-        return self._event(kind, response=copy.deepcopy(self.response))
+        # Only status, usage, timestamps, error details and the output list change after a
+        # snapshot is taken (the request echoes never do): copy those, not the whole tree.
+        snapshot = dict(self.response)
+        snapshot["output"] = copy.deepcopy(self.response["output"])
+        return self._event(kind, response=snapshot)
 
     def snapshot(self) -> dict[str, Any]:
         """A copy of the response as it stands, open items showing what they hold so far."""
@@ -185,7 +189,7 @@ class EventBuilder:
             self._event("response.output_text.done", item_id=item_id, output_index=index,
                         content_index=0, text=text, logprobs=[]),
             self._event("response.content_part.done", item_id=item_id, output_index=index,
-                        content_index=0, part=copy.deepcopy(part)),
+                        content_index=0, part=dict(part)),
             self._event("response.output_item.done", output_index=index,
                         item=copy.deepcopy(message)),
         ]
