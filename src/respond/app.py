@@ -21,12 +21,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from respond.backends import Backend
+from respond.engine.files import FilesService
 from respond.engine.jobs import Background, Worker
+from respond.engine.media import MediaResolver
 from respond.engine.service import ResponsesService
 from respond.errors import APIError, InvalidRequest, NotFound, ServerError
 from respond.http.auth import APIKeyAuth
 from respond.http.render import error_response
 from respond.http.routes import all_routes, api_error_handler
+from respond.http.uploads import remove_stale_uploads
 from respond.network import EgressPolicy
 from respond.sealing import Sealer
 from respond.settings import LlamaCppModel, OpenAIModel, Settings
@@ -82,7 +85,7 @@ def _secret_key(settings: Settings) -> bytes:
 
 
 async def _purge_forever(store: Store) -> None:
-    """Retention: delete expired responses now and then every hour."""
+    """Retention: delete expired responses and files now and then every hour."""
     while True:
         try:
             purged = await store.purge_expired(int(time.time()))
@@ -91,6 +94,13 @@ async def _purge_forever(store: Store) -> None:
         else:
             if purged:
                 log.info("purged %d expired responses", purged)
+        try:
+            purged = await store.purge_files(int(time.time()))
+        except Exception:
+            log.exception("purging expired files failed")
+        else:
+            if purged:
+                log.info("purged %d expired files", purged)
         await asyncio.sleep(PURGE_INTERVAL_SECONDS)
 
 
@@ -116,11 +126,15 @@ def create_app(
                     stack.push_async_callback(backend.aclose)
                     the_backends[name] = backend
             policy = EgressPolicy(settings.network.allow)
+            retention_seconds = int(settings.server.retention_days * 86400)
+            media = MediaResolver(the_store, policy)
+            stack.push_async_callback(media.aclose)
             service = ResponsesService(
                 the_store, the_backends,
-                retention_seconds=int(settings.server.retention_days * 86400),
+                retention_seconds=retention_seconds,
                 connector=lambda server: McpSession.open(
                     server.url, server.headers, policy, server_label=server.label),
+                media=media,
             )
             stack.push_async_callback(service.flush)
             sealer = Sealer(_secret_key(settings))
@@ -135,6 +149,11 @@ def create_app(
             stack.callback(purger.cancel)
             app.state.service = service
             app.state.max_body_bytes = settings.server.max_body_bytes
+            app.state.files = FilesService(the_store, retention_seconds=retention_seconds)
+            app.state.max_file_bytes = settings.server.max_file_bytes
+            app.state.upload_dir = settings.data_dir / "uploads"
+            if removed := remove_stale_uploads(app.state.upload_dir):
+                log.info("removed %d temporary uploads left by an earlier run", removed)
             app.state.started_at = int(time.time())
             log.info("serving models: %s", ", ".join(the_backends))
             yield

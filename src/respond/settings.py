@@ -29,6 +29,7 @@ class ServerSettings(_Strict):
     api_keys: list[SecretStr] = Field(default_factory=list)
     database_url: str | None = None  # default: sqlite:///<data_dir>/respond.db
     max_body_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
+    max_file_bytes: int = Field(default=512 * 1024 * 1024, gt=0)  # one upload to POST /files
     retention_days: float = Field(default=30, gt=0)
     background_workers: int = Field(default=8, ge=0, le=1024)  # concurrent background jobs
     job_lease_seconds: float = Field(default=30, ge=1)  # a silent worker is declared dead after

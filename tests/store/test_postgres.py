@@ -231,7 +231,7 @@ async def test_a_missing_schema_is_created_and_migrations_are_idempotent(
     try:
         assert await apply_postgresql(admin) == []
         versions = await admin.fetch("SELECT version FROM schema_migrations ORDER BY 1")
-        assert [row[0] for row in versions] == [1, 2]
+        assert [row[0] for row in versions] == [1, 2, 3]
         assert await admin.fetchval("SELECT count(*) FROM responses") == 1
     finally:
         await admin.close()

@@ -100,7 +100,7 @@ async def test_concurrent_opens_of_a_new_file_apply_migrations_once(db_path: Pat
     try:
         with sqlite3.connect(db_path) as conn:
             rows = conn.execute("SELECT version FROM schema_migrations ORDER BY 1").fetchall()
-        assert [v for (v,) in rows] == [1, 2]
+        assert [v for (v,) in rows] == [1, 2, 3]
     finally:
         for opened in stores:
             await opened.aclose()
@@ -121,7 +121,7 @@ async def test_open_twice_applies_migrations_once_and_keeps_data(db_path: Path) 
         await second.aclose()
     with sqlite3.connect(db_path) as conn:
         versions = [v for (v,) in conn.execute("SELECT version FROM schema_migrations")]
-        assert versions == [m.version for m in load("sqlite")] == [1, 2]
+        assert versions == [m.version for m in load("sqlite")] == [1, 2, 3]
         conn.isolation_level = None
         assert apply_sqlite(conn) == []
 

@@ -1,25 +1,29 @@
 """History: from stored items to the Chat Completions messages a backend sees.
 
 Storage keeps every item losslessly; this module decides how each one reads to a model.
-Truncation drops whole turns from the oldest end so a tool call never loses its output.
+Images and files read as ``media`` resolved them (engine/media.py): a file as its text, an
+image as a data URL. Truncation drops whole turns from the oldest end so a tool call never
+loses its output.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from respond.domain import ChatMessage
 from respond.errors import InvalidRequest
 
 Item = dict[str, Any]
+Media = Mapping[tuple[str, int], dict[str, Any]]  # (item id, part index) -> resolved part
 
 _CHAT_ROLE = {"user": "user", "system": "system", "developer": "system", "assistant": "assistant"}
 
 
-def _user_content(parts: list[dict[str, Any]], vision: bool) -> str | list[Any]:
+def _user_content(item: Item, vision: bool, media: Media) -> str | list[Any]:
     texts: list[str] = []
     rich: list[dict[str, Any]] = []
-    for part in parts:
+    for index, part in enumerate(item["content"]):
         kind = part.get("type")
         if kind == "input_text":
             texts.append(part["text"])
@@ -32,21 +36,24 @@ def _user_content(parts: list[dict[str, Any]], vision: bool) -> str | list[Any]:
                     "'previous_response_id' contains one. Use a model configured with "
                     "vision = true.", param="previous_response_id", code="invalid_value",
                 )
-            url = part.get("image_url")
-            if not url:
-                raise InvalidRequest("Images by file id are not available yet.", param="input",
-                                     code="unsupported_parameter")
-            rich.append({"type": "image_url",
-                         "image_url": {"url": url, "detail": part.get("detail") or "auto"}})
+            rich.append(_resolved(media, item, index))
         elif kind == "input_file":
-            raise InvalidRequest("File inputs are not available yet.", param="input",
-                                 code="unsupported_parameter")
+            resolved = _resolved(media, item, index)
+            texts.append(resolved["text"])
+            rich.append(resolved)
         elif kind in ("output_text",):
             texts.append(part["text"])
             rich.append({"type": "text", "text": part["text"]})
     if len(rich) == len(texts):
         return "\n".join(texts)
     return rich
+
+
+def _resolved(media: Media, item: Item, index: int) -> dict[str, Any]:
+    part = media.get((item["id"], index))
+    if part is None:  # the caller did not resolve this context: a bug, not a client error
+        raise LookupError(f"part {index} of item {item['id']} was not resolved")
+    return part
 
 
 def _assistant_text(parts: list[dict[str, Any]]) -> str:
@@ -65,8 +72,10 @@ def _output_text(output: Any) -> str:
     return "\n".join(p.get("text", "") for p in output or () if p.get("type") == "input_text")
 
 
-def to_messages(instructions: str | None, items: list[Item], *, vision: bool) -> list[ChatMessage]:
-    """The chat messages for ``instructions`` followed by ``items`` in order."""
+def to_messages(instructions: str | None, items: list[Item], *, vision: bool,
+                media: Media | None = None) -> list[ChatMessage]:
+    """The chat messages for ``instructions`` followed by ``items`` in order; ``media``
+    holds the resolved images and files of ``items`` (``MediaResolver.resolve``)."""
     messages: list[ChatMessage] = []
     if instructions:
         messages.append({"role": "system", "content": instructions})
@@ -79,7 +88,7 @@ def to_messages(instructions: str | None, items: list[Item], *, vision: bool) ->
             if role == "assistant":
                 messages.append({"role": "assistant", "content": _assistant_text(item["content"])})
             else:
-                content = _user_content(item["content"], vision)
+                content = _user_content(item, vision, media or {})
                 messages.append({"role": role, "content": content})
         elif kind == "function_call":
             call = {"id": item["call_id"], "type": "function",

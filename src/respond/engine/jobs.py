@@ -250,7 +250,9 @@ class Worker:
         try:
             req = unseal_request(job.payload, self.sealer)
             backend = self.service.backend_for(req.model or "")
-            prepared = self.service.plan(req, backend, dict(stored.body), context, stored, [])
+            media = await self.service.media.resolve(context, vision=backend.vision)
+            prepared = self.service.plan(req, backend, dict(stored.body), context, stored, [],
+                                         media)
             prepared.builder.sequence = 2  # after response.created and response.queued
             sink.builder = prepared.builder
             run = await self.service.start(prepared, background=True)

@@ -19,6 +19,7 @@ from respond.backends import Backend
 from respond.domain import Delta, Finish, Generation, ReasoningDelta, TextDelta, ToolCallDelta
 from respond.engine.events import Event, EventBuilder
 from respond.engine.history import Item, to_messages, turn_starts
+from respond.engine.media import Media, MediaResolver
 from respond.engine.toolloop import MAX_TOOL_TURNS, Connector, ServerTools
 from respond.errors import (
     BackendError,
@@ -29,6 +30,7 @@ from respond.errors import (
     NotFound,
 )
 from respond.ids import new_id
+from respond.network import EgressPolicy
 from respond.protocol.items import normalize_input
 from respond.protocol.request import CreateResponse
 from respond.protocol.response import response_skeleton
@@ -61,6 +63,7 @@ class Prepared:
     plan: ToolPlan
     servers: list[McpServer]
     approved: list[Item] = dataclasses.field(default_factory=list)  # requests to run first
+    media: Media = dataclasses.field(default_factory=dict)  # the context's images and files
 
 
 class Run:
@@ -168,7 +171,8 @@ class Run:
         context = prepared.context + self.builder.response["output"]
         generation = dataclasses.replace(
             generation,
-            messages=to_messages(req.instructions, context, vision=prepared.backend.vision),
+            messages=to_messages(req.instructions, context, vision=prepared.backend.vision,
+                                 media=prepared.media),
             tools=None if spent else generation.tools,
             tool_choice=None if spent or not generation.tools else "auto",
             parallel_tool_calls=None if spent else generation.parallel_tool_calls,
@@ -229,9 +233,12 @@ class ResponsesService:
         retention_seconds: int,
         clock: Callable[[], float] = time.time,
         connector: Connector | None = None,
+        media: MediaResolver | None = None,
     ) -> None:
         self.connector = connector  # opens sessions to remote MCP servers
         self.store = store
+        # reads the images and files of a context (by default: public URLs only)
+        self.media = media or MediaResolver(store, EgressPolicy(), clock=clock)
         self.backends = backends
         self.retention_seconds = retention_seconds
         self.clock = clock
@@ -268,6 +275,9 @@ class ResponsesService:
         items = await self._resolve_stored(items, req.input)
         new_items = self._check_context(inherited_ids, inherited, items)
         context = inherited + items
+        media = await self.media.resolve(
+            context, vision=backend.vision,
+            params={item["id"]: f"input[{index}]" for index, item in enumerate(items)})
 
         response_id = new_id("response")
         skeleton = response_skeleton(req, response_id=response_id, created_at=now,
@@ -284,7 +294,7 @@ class ResponsesService:
                 created_at=now,
                 expires_at=now + self.retention_seconds,
             )
-        prepared = self.plan(req, backend, skeleton, context, record, new_items)
+        prepared = self.plan(req, backend, skeleton, context, record, new_items, media)
         prepared.approved = self._approved_calls(items, context, prepared.servers)
         return prepared
 
@@ -328,8 +338,11 @@ class ResponsesService:
         context: list[Item],
         record: StoredResponse | None,
         new_items: list[Item],
+        media: Media | None = None,
     ) -> Prepared:
-        """The generation and the event builder for a response (fresh or restored)."""
+        """The generation and the event builder for a response (fresh or restored);
+        ``media``: the context's images and files, resolved (``MediaResolver.resolve``)."""
+        media = media or {}
         tools = normalize_tools(req.tools)
         plan = plan_tools(tools, req.tool_choice)
         servers = mcp_servers(req.tools)
@@ -338,7 +351,7 @@ class ResponsesService:
         skeleton["tools"] = tools
         chat_tools = plan.chat_tools()
         generation = Generation(
-            messages=to_messages(req.instructions, context, vision=backend.vision),
+            messages=to_messages(req.instructions, context, vision=backend.vision, media=media),
             max_output_tokens=req.max_output_tokens,
             temperature=req.temperature,
             top_p=req.top_p,
@@ -351,7 +364,7 @@ class ResponsesService:
         if req.parallel_tool_calls is False:
             builder.max_calls = 1
         return Prepared(req, backend, builder, generation, context, record, new_items, plan,
-                        servers)
+                        servers, media=media)
 
     async def start(self, prepared: Prepared, *, background: bool = False) -> Run:
         """List remote tools, run approved calls, then prime the backend: the first delta
@@ -368,7 +381,7 @@ class ResponsesService:
                 raise
         try:
             deltas, first = await self._prime(prepared.backend, prepared.generation,
-                                              prepared.req, prepared.context)
+                                              prepared.req, prepared.context, prepared.media)
         except BaseException:
             if tools is not None:
                 await tools.aclose()
@@ -408,7 +421,7 @@ class ResponsesService:
             generation,
             messages=to_messages(prepared.req.instructions,
                                  prepared.context + builder.response["output"],
-                                 vision=prepared.backend.vision),
+                                 vision=prepared.backend.vision, media=prepared.media),
             tools=all_tools or None,
             tool_choice=choice if all_tools else None,
         )
@@ -483,7 +496,8 @@ class ResponsesService:
         return fresh
 
     async def _prime(
-        self, backend: Backend, generation: Generation, req: CreateResponse, context: list[Item]
+        self, backend: Backend, generation: Generation, req: CreateResponse, context: list[Item],
+        media: Media,
     ) -> tuple[AsyncIterator[Delta], Delta]:
         """Start generating and wait for the first delta, truncating on overflow if allowed."""
         window = context
@@ -502,7 +516,8 @@ class ResponsesService:
                 window = self._shorter(window, overflow)
                 generation = dataclasses.replace(
                     generation,
-                    messages=to_messages(req.instructions, window, vision=backend.vision),
+                    messages=to_messages(req.instructions, window, vision=backend.vision,
+                                         media=media),
                 )
                 continue
             except BaseException:

@@ -1,4 +1,4 @@
-"""Routes of the Responses API, mounted under ``/v1``, ``/openai/v1`` and ``/openai``.
+"""Routes of the Responses and Files APIs, mounted under ``/v1``, ``/openai/v1`` and ``/openai``.
 
 Any ``api-version`` query parameter (Azure) is accepted and ignored.
 """
@@ -8,15 +8,18 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import quote
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Mount, Route
 
+from respond.engine.files import FilesService
 from respond.engine.jobs import Background
 from respond.engine.service import ResponsesService
-from respond.errors import APIError, InvalidRequest, PayloadTooLarge
+from respond.errors import APIError, InvalidRequest, PayloadTooLarge, UnknownParameter
 from respond.http.render import error_response, json_response, sse_frame
+from respond.http.uploads import receive_upload
 from respond.protocol.request import parse_create
 
 log = logging.getLogger(__name__)
@@ -121,6 +124,77 @@ async def list_input_items(request: Request) -> Response:
     return json_response(page)
 
 
+# -- files -----------------------------------------------------------------------------------
+
+_UPLOAD_FIELDS = {"purpose", "expires_after[anchor]", "expires_after[seconds]"}
+
+
+def _files(request: Request) -> FilesService:
+    return request.app.state.files  # type: ignore[no-any-return]
+
+
+def _expires_after(fields: dict[str, str]) -> int | None:
+    anchor = fields.get("expires_after[anchor]")
+    seconds = fields.get("expires_after[seconds]")
+    if anchor is None and seconds is None:
+        return None
+    if anchor != "created_at":
+        raise InvalidRequest("Invalid value for 'expires_after.anchor': expected 'created_at'.",
+                             param="expires_after.anchor",
+                             code="invalid_value" if anchor else "missing_required_parameter")
+    if seconds is None or not seconds.strip().isdigit():
+        raise InvalidRequest("Invalid value for 'expires_after.seconds': expected an integer.",
+                             param="expires_after.seconds",
+                             code="invalid_type" if seconds else "missing_required_parameter")
+    return int(seconds)
+
+
+async def create_file(request: Request) -> Response:
+    state = request.app.state
+    async with receive_upload(request, state.upload_dir, state.max_file_bytes) as form:
+        for name in form.fields:
+            if name not in _UPLOAD_FIELDS:
+                raise UnknownParameter(name)
+        if form.upload is None:
+            raise InvalidRequest("Missing required parameter: 'file'.", param="file",
+                                 code="missing_required_parameter")
+        created = await _files(request).create(
+            form.upload, purpose=form.fields.get("purpose"),
+            expires_after=_expires_after(form.fields))
+    return json_response(created)
+
+
+async def list_files(request: Request) -> Response:
+    limit = _int_param(request, "limit", 10000, 1, 10000)
+    order = request.query_params.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise InvalidRequest("Invalid value for 'order': expected 'asc' or 'desc'.",
+                             param="order", code="invalid_value")
+    return json_response(await _files(request).list(
+        purpose=request.query_params.get("purpose") or None, limit=limit,
+        order="asc" if order == "asc" else "desc",
+        after=request.query_params.get("after") or None))
+
+
+async def get_file(request: Request) -> Response:
+    return json_response(await _files(request).get(request.path_params["file_id"]))
+
+
+async def get_file_content(request: Request) -> Response:
+    found, chunks = await _files(request).content(request.path_params["file_id"])
+    ascii_name = found.filename.encode("ascii", "replace").decode().replace('"', "_")
+    headers = {
+        "content-length": str(found.bytes),
+        "content-disposition": (f'attachment; filename="{ascii_name}"; '
+                                f"filename*=UTF-8''{quote(found.filename, safe='')}"),
+    }
+    return StreamingResponse(chunks, media_type=found.content_type, headers=headers)
+
+
+async def delete_file(request: Request) -> Response:
+    return json_response(await _files(request).delete(request.path_params["file_id"]))
+
+
 def _model_object(name: str, created: int) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": created, "owned_by": "respond"}
 
@@ -151,6 +225,11 @@ def api_routes() -> list[Route]:
         Route("/responses/{response_id}", delete_response, methods=["DELETE"]),
         Route("/responses/{response_id}/cancel", cancel_response, methods=["POST"]),
         Route("/responses/{response_id}/input_items", list_input_items, methods=["GET"]),
+        Route("/files", create_file, methods=["POST"]),
+        Route("/files", list_files, methods=["GET"]),
+        Route("/files/{file_id}", get_file, methods=["GET"]),
+        Route("/files/{file_id}", delete_file, methods=["DELETE"]),
+        Route("/files/{file_id}/content", get_file_content, methods=["GET"]),
         Route("/models", list_models, methods=["GET"]),
         Route("/models/{model:path}", get_model, methods=["GET"]),
     ]

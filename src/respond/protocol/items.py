@@ -35,6 +35,17 @@ def _require_str(obj: dict[str, Any], key: str, param: str) -> str:
     return value
 
 
+def _optional_str(obj: dict[str, Any], key: str, param: str) -> str | None:
+    """A string field that may be absent (or null); an empty string counts as absent."""
+    value = obj.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise _bad(f"Invalid type for '{param}.{key}': expected a string.", f"{param}.{key}",
+                   "invalid_type")
+    return value
+
+
 def _input_part(part: Any, param: str) -> dict[str, Any]:
     if not isinstance(part, dict):
         raise _bad(f"Invalid type for '{param}': expected an object.", param, "invalid_type")
@@ -42,16 +53,38 @@ def _input_part(part: Any, param: str) -> dict[str, Any]:
     if kind == "input_text":
         return {"type": "input_text", "text": _require_str(part, "text", param)}
     if kind == "input_image":
-        url, file_id = part.get("image_url"), part.get("file_id")
-        if url is None and file_id is None:
-            raise _bad(f"Missing required parameter: '{param}.image_url' (or 'file_id').",
-                       f"{param}.image_url", "missing_required_parameter")
+        url = _optional_str(part, "image_url", param)
+        file_id = _optional_str(part, "file_id", param)
+        if (url is None) == (file_id is None):
+            raise _bad(f"Provide exactly one of '{param}.image_url' and '{param}.file_id'.",
+                       f"{param}.image_url", "missing_required_parameter" if url is None
+                       else "invalid_value")
+        if url is not None and not url.lower().startswith(("data:", "http://", "https://")):
+            raise _bad(f"Invalid value for '{param}.image_url': expected an http(s) URL or a "
+                       "data URL (data:image/png;base64,...).", f"{param}.image_url")
         detail = part.get("detail") or "auto"
         if detail not in ("auto", "low", "high", "original"):
             raise _bad(f"Invalid value for '{param}.detail': '{detail}'.", f"{param}.detail")
         return {"type": "input_image", "detail": detail, "file_id": file_id, "image_url": url}
     if kind == "input_file":
-        keep = ("file_id", "file_data", "file_url", "filename")
+        sources = [k for k in ("file_id", "file_data", "file_url")
+                   if _optional_str(part, k, param) is not None]
+        if len(sources) != 1:
+            raise _bad(f"Provide exactly one of '{param}.file_id', '{param}.file_data' and "
+                       f"'{param}.file_url'.", f"{param}.{sources[1] if sources else 'file_id'}",
+                       "invalid_value" if sources else "missing_required_parameter")
+        filename = _optional_str(part, "filename", param)
+        if sources == ["file_data"] and filename is None:
+            raise _bad(f"Missing required parameter: '{param}.filename' (required with "
+                       "'file_data').", f"{param}.filename", "missing_required_parameter")
+        if sources == ["file_url"] and not part["file_url"].lower().startswith(
+                ("http://", "https://")):
+            raise _bad(f"Invalid value for '{param}.file_url': expected an http(s) URL.",
+                       f"{param}.file_url")
+        detail = part.get("detail")
+        if detail is not None and detail not in ("auto", "low", "high"):
+            raise _bad(f"Invalid value for '{param}.detail': '{detail}'.", f"{param}.detail")
+        keep = ("file_id", "file_data", "file_url", "filename", "detail")
         return {"type": "input_file", **{k: part[k] for k in keep if part.get(k) is not None}}
     if kind in OUTPUT_PARTS:
         raise _bad(f"Invalid value: '{kind}'. Supported values are: 'input_text', "

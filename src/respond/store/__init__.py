@@ -1,4 +1,5 @@
-"""store: persistence of responses, items, background jobs and event logs, behind ``Store``.
+"""store: persistence of responses, items, background jobs, event logs and uploaded files,
+behind ``Store``.
 
 Rule: a store speaks SQL to its database and nothing else; it imports only ``errors`` and
 plain data types. Items are stored once, as the JSON the wire shows; a response records the
@@ -12,6 +13,7 @@ and tests/store/test_background.py.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -41,6 +43,25 @@ class Job:
 @dataclass(frozen=True, slots=True)
 class ItemPage:
     items: list[Item]
+    has_more: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFile:
+    """An uploaded file's metadata (its contents are stored beside it, in chunks)."""
+
+    id: str
+    filename: str
+    purpose: str
+    bytes: int  # the size of the contents
+    content_type: str  # what GET /files/{id}/content answers with
+    created_at: int  # unix seconds
+    expires_at: int  # unix seconds; hidden once <= now, then purged
+
+
+@dataclass(frozen=True, slots=True)
+class FilePage:
+    files: list[StoredFile]
     has_more: bool
 
 
@@ -189,6 +210,47 @@ class Store(Protocol):
 
         Returns at once when one already exists. Wake-ups and failures as for
         ``wait_for_jobs``; events of other responses do not wake it."""
+        ...
+
+    # -- uploaded files ----------------------------------------------------------------------
+    # Contents live in the database, in the chunks they were written in, so every replica
+    # (and every background worker) reads the same files with no shared volume. A file is
+    # visible only once all of its contents are stored; a row is hidden once its
+    # ``expires_at`` is past and purged by ``purge_files``.
+
+    async def save_file(self, file: StoredFile, chunks: AsyncIterable[bytes]) -> None:
+        """Store the contents, chunk by chunk as ``chunks`` yields them (each its own short
+        write, so a big upload never holds the database's write lock for long), then make
+        the file visible. When ``chunks`` raises or a write fails, the error propagates and
+        nothing of the file stays visible (what was written is removed, or purged later)."""
+        ...
+
+    async def get_file(self, file_id: str, now: int) -> StoredFile | None:
+        """The file's metadata, or None when unknown, deleted, expired or still uploading."""
+        ...
+
+    async def list_files(
+        self, *, purpose: str | None, limit: int, order: Literal["asc", "desc"],
+        after: str | None, now: int,
+    ) -> FilePage:
+        """Visible files by ``created_at`` (then id) in ``order``, optionally of one
+        ``purpose``; ``after`` is a file id: the page starts just beyond it (an unknown or
+        hidden cursor gives an empty page). ``has_more``: more files lie beyond the page."""
+        ...
+
+    def read_file(self, file_id: str) -> AsyncIterator[bytes]:
+        """The file's contents, chunk by chunk in order (check ``get_file`` first: an
+        unknown file yields nothing). A file deleted while it is read may end early; the
+        caller compares the total with ``StoredFile.bytes``."""
+        ...
+
+    async def delete_file(self, file_id: str, now: int) -> bool:
+        """Delete the file and its contents; False when unknown or already hidden."""
+        ...
+
+    async def purge_files(self, now: int) -> int:
+        """Delete every file (and its contents) whose ``expires_at`` is past, uploads that
+        never finished included; return the count."""
         ...
 
     async def aclose(self) -> None: ...

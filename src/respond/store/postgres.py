@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
@@ -34,7 +34,7 @@ import asyncpg
 import orjson
 
 from respond.errors import ServerError
-from respond.store import Item, ItemPage, Job, StoredResponse
+from respond.store import FilePage, Item, ItemPage, Job, StoredFile, StoredResponse
 from respond.store.migrations import apply_postgresql, quote_identifier
 from respond.store.pages import in_order, page
 from respond.store.wakeups import Wakeups
@@ -221,6 +221,49 @@ SELECT EXISTS (SELECT 1 FROM jobs WHERE worker IS NULL),
        ARRAY(SELECT (SELECT max(sequence_number) FROM events WHERE response_id = w.id)
              FROM unnest($1::text[]) WITH ORDINALITY AS w (id, n) ORDER BY w.n)
 """
+
+# -- files -----------------------------------------------------------------------------------
+
+UPLOAD_GRACE_SECONDS = 86400  # an unfinished upload is purged after this
+READ_CHUNKS = 4  # chunks fetched per round trip when a file is read
+PURGE_FILES_BATCH = 100
+
+_FILE_COLUMNS = "id, filename, purpose, bytes, content_type, created_at, expires_at"
+
+_INSERT_FILE = (
+    f"INSERT INTO files ({_FILE_COLUMNS}, complete) VALUES ($1, $2, $3, $4, $5, $6, $7, false)"
+)
+
+_INSERT_CHUNK = "INSERT INTO file_chunks (file_id, seq, data) VALUES ($1, $2, $3)"
+
+_COMPLETE_FILE = "UPDATE files SET complete = true, expires_at = $2 WHERE id = $1"
+
+_DROP_FILE = "DELETE FROM files WHERE id = $1"
+
+_SELECT_FILE = (
+    f"SELECT {_FILE_COLUMNS} FROM files WHERE id = $1 AND complete AND expires_at > $2"
+)
+
+# As in store/sqlite.py: upload order, resumed after the cursor's own row.
+_LIST_FILES = {
+    order: f"""
+SELECT {_FILE_COLUMNS} FROM files
+WHERE complete AND expires_at > $1 AND ($2::text IS NULL OR purpose = $2)
+  AND ($3::text IS NULL OR ordinal {op} (SELECT ordinal FROM files WHERE id = $3))
+ORDER BY ordinal {order.upper()} LIMIT $4
+"""
+    for order, op in (("asc", ">"), ("desc", "<"))
+}
+
+_READ_CHUNKS = (
+    "SELECT data FROM file_chunks WHERE file_id = $1 AND seq >= $2 ORDER BY seq LIMIT $3"
+)
+
+_DELETE_FILE = "DELETE FROM files WHERE id = $1 AND complete AND expires_at > $2"
+
+_PURGE_FILES = (
+    "DELETE FROM files WHERE id IN (SELECT id FROM files WHERE expires_at <= $1 LIMIT $2)"
+)
 
 
 def connection_url(url: str) -> str:
@@ -475,6 +518,60 @@ class PostgresStore:
             return bool(await self._fetchval(_HAS_EVENT_AFTER, response_id, after))
 
         await self._wakeups.wait_for_events(response_id, after, timeout, check)
+
+    # -- files ---------------------------------------------------------------------------------
+
+    async def save_file(self, file: StoredFile, chunks: AsyncIterable[bytes]) -> None:
+        await self._execute(_INSERT_FILE, file.id, file.filename, file.purpose, file.bytes,
+                            file.content_type, file.created_at,
+                            file.created_at + UPLOAD_GRACE_SECONDS)
+        try:
+            seq = size = 0
+            async for chunk in chunks:
+                await self._execute(_INSERT_CHUNK, file.id, seq, chunk)
+                seq += 1
+                size += len(chunk)
+            if size != file.bytes:
+                raise ValueError(f"file {file.id}: {size} bytes written, {file.bytes} declared")
+            await self._execute(_COMPLETE_FILE, file.id, file.expires_at)
+        except BaseException:
+            try:
+                await asyncio.shield(self._execute(_DROP_FILE, file.id))
+            except Exception:  # the purge removes it later; the cause is what matters
+                log.warning("could not remove the unfinished upload %s", file.id, exc_info=True)
+            raise
+
+    async def get_file(self, file_id: str, now: int) -> StoredFile | None:
+        row = await self._fetchrow(_SELECT_FILE, file_id, now)
+        return None if row is None else StoredFile(*row)
+
+    async def list_files(
+        self, *, purpose: str | None, limit: int, order: Literal["asc", "desc"],
+        after: str | None, now: int,
+    ) -> FilePage:
+        rows = await self._fetch(_LIST_FILES[order], now, purpose, after, limit + 1)
+        return FilePage([StoredFile(*row) for row in rows[:limit]], len(rows) > limit)
+
+    async def read_file(self, file_id: str) -> AsyncIterator[bytes]:
+        seq = 0
+        while True:
+            rows = await self._fetch(_READ_CHUNKS, file_id, seq, READ_CHUNKS)
+            for row in rows:
+                yield row[0]
+            if len(rows) < READ_CHUNKS:
+                return
+            seq += len(rows)
+
+    async def delete_file(self, file_id: str, now: int) -> bool:
+        return await self._execute(_DELETE_FILE, file_id, now) > 0
+
+    async def purge_files(self, now: int) -> int:
+        removed = 0
+        while True:  # a batch per statement: big files free many pages
+            count = await self._execute(_PURGE_FILES, now, PURGE_FILES_BATCH)
+            removed += count
+            if count < PURGE_FILES_BATCH:
+                return removed
 
     # -- wake-ups ------------------------------------------------------------------------------
 

@@ -29,14 +29,14 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import orjson
 
 from respond.errors import ServerError
-from respond.store import Item, ItemPage, Job, StoredResponse
+from respond.store import FilePage, Item, ItemPage, Job, StoredFile, StoredResponse
 from respond.store.migrations import apply_sqlite
 from respond.store.pages import in_order as _in_order
 from respond.store.pages import page
@@ -198,6 +198,49 @@ _HAS_EVENT_AFTER = (
 _LAST_EVENTS = (
     "SELECT j.value, (SELECT max(sequence_number) FROM events WHERE response_id = j.value) "
     "FROM json_each(?) AS j"
+)
+
+
+# -- files -----------------------------------------------------------------------------------
+
+UPLOAD_GRACE_SECONDS = 86400  # an unfinished upload is purged after this
+READ_CHUNKS = 4  # chunks fetched per thread hop when a file is read
+PURGE_FILES_BATCH = 100
+
+_FILE_COLUMNS = "id, filename, purpose, bytes, content_type, created_at, expires_at"
+
+_INSERT_FILE = (
+    f"INSERT INTO files ({_FILE_COLUMNS}, complete) VALUES (?, ?, ?, ?, ?, ?, ?, 0)"
+)
+
+_INSERT_CHUNK = "INSERT INTO file_chunks (file_id, seq, data) VALUES (?, ?, ?)"
+
+_COMPLETE_FILE = "UPDATE files SET complete = 1, expires_at = ?2 WHERE id = ?1"
+
+_DROP_FILE = "DELETE FROM files WHERE id = ?"
+
+_SELECT_FILE = f"SELECT {_FILE_COLUMNS} FROM files WHERE id = ? AND complete AND expires_at > ?"
+
+# Upload order is the rowid (``ordinal``); the cursor's own row gives the place to resume.
+# An unknown cursor makes the comparison NULL: an empty page.
+_LIST_FILES = {
+    order: f"""
+SELECT {_FILE_COLUMNS} FROM files
+WHERE complete AND expires_at > ?1 AND (?2 IS NULL OR purpose = ?2)
+  AND (?3 IS NULL OR ordinal {op} (SELECT ordinal FROM files WHERE id = ?3))
+ORDER BY ordinal {order.upper()} LIMIT ?4
+"""
+    for order, op in (("asc", ">"), ("desc", "<"))
+}
+
+_READ_CHUNKS = (
+    "SELECT data FROM file_chunks WHERE file_id = ? AND seq >= ? ORDER BY seq LIMIT ?"
+)
+
+_DELETE_FILE = "DELETE FROM files WHERE id = ? AND complete AND expires_at > ?"
+
+_PURGE_FILES = (
+    "DELETE FROM files WHERE ordinal IN (SELECT ordinal FROM files WHERE expires_at <= ? LIMIT ?)"
 )
 
 
@@ -515,6 +558,74 @@ class SQLiteStore:
             return await self._run(self._exists, _HAS_EVENT_AFTER, (response_id, after))
 
         await self._wakeups.wait_for_events(response_id, after, timeout, check)
+
+    # -- files -------------------------------------------------------------------------------
+
+    async def save_file(self, file: StoredFile, chunks: AsyncIterable[bytes]) -> None:
+        row = (file.id, file.filename, file.purpose, file.bytes, file.content_type,
+               file.created_at, file.created_at + UPLOAD_GRACE_SECONDS)
+        await self._run(self._update, _INSERT_FILE, row)
+        try:
+            seq = size = 0
+            async for chunk in chunks:
+                await self._run(self._update, _INSERT_CHUNK, (file.id, seq, chunk))
+                seq += 1
+                size += len(chunk)
+            if size != file.bytes:
+                raise ValueError(f"file {file.id}: {size} bytes written, {file.bytes} declared")
+            await self._run(self._update, _COMPLETE_FILE, (file.id, file.expires_at))
+        except BaseException:
+            try:
+                await asyncio.shield(self._run(self._update, _DROP_FILE, (file.id,)))
+            except Exception:  # the purge removes it later; the cause is what matters
+                log.warning("could not remove the unfinished upload %s", file.id, exc_info=True)
+            raise
+
+    async def get_file(self, file_id: str, now: int) -> StoredFile | None:
+        return await self._run(self._get_file, file_id, now)
+
+    def _get_file(self, file_id: str, now: int) -> StoredFile | None:
+        row = self._execute(_SELECT_FILE, (file_id, now)).fetchone()
+        return None if row is None else StoredFile(*row)
+
+    async def list_files(
+        self, *, purpose: str | None, limit: int, order: Literal["asc", "desc"],
+        after: str | None, now: int,
+    ) -> FilePage:
+        return await self._run(self._list_files, purpose, limit, order, after, now)
+
+    def _list_files(self, purpose: str | None, limit: int, order: Literal["asc", "desc"],
+                    after: str | None, now: int) -> FilePage:
+        rows = self._execute(_LIST_FILES[order], (now, purpose, after, limit + 1)).fetchall()
+        return FilePage([StoredFile(*row) for row in rows[:limit]], len(rows) > limit)
+
+    async def read_file(self, file_id: str) -> AsyncIterator[bytes]:
+        seq = 0
+        while True:
+            rows = await self._run(self._read_chunks, file_id, seq)
+            for data in rows:
+                yield data
+            if len(rows) < READ_CHUNKS:
+                return
+            seq += len(rows)
+
+    def _read_chunks(self, file_id: str, seq: int) -> list[bytes]:
+        rows = self._execute(_READ_CHUNKS, (file_id, seq, READ_CHUNKS)).fetchall()
+        return [bytes(data) for (data,) in rows]
+
+    async def delete_file(self, file_id: str, now: int) -> bool:
+        return await self._run(self._update, _DELETE_FILE, (file_id, now))
+
+    async def purge_files(self, now: int) -> int:
+        removed = 0
+        while True:  # a batch per transaction: big files free many pages
+            count = await self._run(self._execute_count, _PURGE_FILES, (now, PURGE_FILES_BATCH))
+            removed += count
+            if count < PURGE_FILES_BATCH:
+                return removed
+
+    def _execute_count(self, sql: str, params: tuple[Any, ...]) -> int:
+        return self._execute(sql, params).rowcount
 
     def _exists(self, sql: str, params: tuple[Any, ...]) -> bool:
         return bool(self._execute(sql, params).fetchone()[0])
