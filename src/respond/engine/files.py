@@ -21,6 +21,7 @@ from typing import Any, Literal
 from respond.engine.formats import guess_type
 from respond.errors import InvalidRequest, NotFound
 from respond.ids import new_id
+from respond.protocol.response import list_object
 from respond.store import Store, StoredFile
 
 log = logging.getLogger(__name__)
@@ -110,14 +111,7 @@ class FilesService:
                    after: str | None) -> dict[str, Any]:
         page = await self.store.list_files(purpose=purpose, limit=limit, order=order,
                                            after=after, now=int(self.clock()))
-        data = [file_object(f) for f in page.files]
-        return {
-            "object": "list",
-            "data": data,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-            "has_more": page.has_more,
-        }
+        return list_object([file_object(f) for f in page.files], page.has_more)
 
     async def content(self, file_id: str) -> tuple[StoredFile, AsyncIterator[bytes]]:
         """The file and its contents, chunk by chunk."""

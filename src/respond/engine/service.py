@@ -33,7 +33,7 @@ from respond.ids import new_id
 from respond.network import EgressPolicy
 from respond.protocol.items import normalize_input
 from respond.protocol.request import CreateResponse
-from respond.protocol.response import response_skeleton
+from respond.protocol.response import list_object, response_skeleton
 from respond.protocol.tools import (
     McpServer,
     ToolPlan,
@@ -627,11 +627,4 @@ class ResponsesService:
         )
         if page is None:
             raise NotFound(f"Response with id '{response_id}' not found.")
-        data = page.items
-        return {
-            "object": "list",
-            "data": data,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-            "has_more": page.has_more,
-        }
+        return list_object(page.items, page.has_more)

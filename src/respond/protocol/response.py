@@ -57,3 +57,14 @@ def response_skeleton(
         "frequency_penalty": req.frequency_penalty or 0.0,
         "presence_penalty": req.presence_penalty or 0.0,
     }
+
+
+def list_object(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+    """A cursor-paginated list, as every list endpoint of the API returns it."""
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": has_more,
+    }
