@@ -46,6 +46,8 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import Message, Receive, Scope, Send
 
+from respond.testing.threaded import start_in_thread, stop_in_thread
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_TOKEN = "secret-token"
@@ -142,24 +144,14 @@ class McpTestServer:
             timeout_graceful_shutdown=1,
         )
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, name="mcp-test-server", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                sock.close()
-                raise RuntimeError(f"the MCP test server did not start on {self.url}")
-            time.sleep(0.01)
+        self._thread = start_in_thread(self._server, sock, name="mcp-test-server",
+                                       timeout=timeout, what=f"the MCP test server on {self.url}")
         logger.debug("MCP test server listening on %s", self.url)
         return self
 
     def stop(self) -> None:
         """Stop at once: open connections (streams of running calls included) are dropped."""
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._thread.join(timeout=10)
+        stop_in_thread(self._server, self._thread)
         self._server = self._thread = None
 
     def kill(self) -> None:

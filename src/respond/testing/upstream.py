@@ -41,6 +41,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from respond.testing.threaded import start_in_thread, stop_in_thread
+
 logger = logging.getLogger(__name__)
 
 
@@ -161,23 +163,13 @@ class UpstreamServer:
         self.port = sock.getsockname()[1]
         self._server = uvicorn.Server(server_config(self.app))
         _quiet_scripted_breaks()
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, name="upstream", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                sock.close()
-                raise RuntimeError(f"the upstream test server did not start on {self.base_url}")
-            time.sleep(0.01)
+        self._thread = start_in_thread(self._server, sock, name="upstream", timeout=timeout,
+                                       what=f"the upstream test server on {self.base_url}")
         logger.debug("upstream test server listening on %s", self.base_url)
         return self
 
     def stop(self) -> None:
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._thread.join(timeout=10)
+        stop_in_thread(self._server, self._thread)
         self._server = self._thread = None
 
     def __enter__(self) -> Self:
