@@ -11,7 +11,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
-import httpx
+import aiohttp
 import pytest
 
 from respond.backends import Backend
@@ -333,40 +333,128 @@ async def test_connections_are_kept_alive_between_generations(
     assert len(ports) == 1
 
 
-async def test_shared_client_is_left_open(upstream: UpstreamServer) -> None:
-    async with httpx.AsyncClient() as client:
+async def test_shared_session_is_left_open(upstream: UpstreamServer) -> None:
+    async with aiohttp.ClientSession() as session:
         config = OpenAIModel(backend="openai", base_url=upstream.base_url)
-        backend = OpenAICompatBackend(config, "public-name", client)
+        backend = OpenAICompatBackend(config, "public-name", session)
         deltas = await collect(backend.generate(HELLO))
         await backend.aclose()
 
         assert deltas[-1] == Finish("stop", Usage(6, 16))
-        answer = await client.get(f"{upstream.base_url}/models")
-        assert answer.status_code == 200
+        async with session.get(f"{upstream.base_url}/models") as answer:
+            assert answer.status == 200
 
 
-# -- wire details a real upstream might produce, served by a hand-written transport ---------
+async def test_idle_connection_closed_by_the_upstream_is_not_an_error() -> None:
+    """A server that closes each connection after answering (as one whose keep-alive ran
+    out would): the next request goes out on a new connection, not a dead one."""
+    body = (f"data: {chunk({'content': 'Hi'})}\n\ndata: {chunk({}, 'stop')}\n\n"
+            "data: [DONE]\n\n").encode()
+    async with RawUpstream([body], close=True) as raw:
+        config = OpenAIModel(backend="openai", base_url=raw.base_url)
+        backend = OpenAICompatBackend(config, "m")
+        try:
+            for _ in range(3):
+                deltas = await collect(backend.generate(HELLO))
+                assert deltas[0] == TextDelta("Hi")
+        finally:
+            await backend.aclose()
+        assert raw.connections == 3
 
 
-class _Blocks(httpx.AsyncByteStream):
-    def __init__(self, blocks: list[bytes]) -> None:
+async def test_request_on_a_connection_the_upstream_just_dropped_is_sent_again() -> None:
+    """The race a keep-alive pool cannot rule out: the upstream closes a pooled connection
+    just as a request goes out on it. The request is sent again on a new connection."""
+    body = (f"data: {chunk({'content': 'Hi'})}\n\ndata: {chunk({}, 'stop')}\n\n"
+            "data: [DONE]\n\n").encode()
+    async with RawUpstream([body], answers_per_connection=1) as raw:
+        config = OpenAIModel(backend="openai", base_url=raw.base_url)
+        backend = OpenAICompatBackend(config, "m")
+        try:
+            for _ in range(3):
+                deltas = await collect(backend.generate(HELLO))
+                assert deltas[0] == TextDelta("Hi")
+        finally:
+            await backend.aclose()
+        assert raw.dropped == 2  # the 2nd and 3rd requests each met a dropped connection
+        assert raw.connections == 3  # each retry opened a new one
+
+
+# -- wire details a real upstream might produce, written byte by byte by a raw server -------
+
+
+class RawUpstream:
+    """An HTTP/1.1 server on loopback that answers every request with ``blocks``: a header
+    block, then each block written and flushed separately (chunked transfer encoding, or
+    ``close``: no length, the end of the body is the end of the connection).
+    ``answers_per_connection``: after that many answers, the next request read on the
+    connection is dropped unanswered (the connection closed without a word)."""
+
+    def __init__(self, blocks: list[bytes], content_type: str = "text/event-stream",
+                 *, close: bool = False, answers_per_connection: int | None = None) -> None:
         self.blocks = blocks
+        self.content_type = content_type
+        self.close = close
+        self.answers_per_connection = answers_per_connection
+        self.connections = 0
+        self.dropped = 0
+        self._server: asyncio.Server | None = None
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for block in self.blocks:
-            yield block
+    @property
+    def base_url(self) -> str:
+        assert self._server is not None
+        port = self._server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}/v1"
+
+    async def __aenter__(self) -> RawUpstream:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        answered = 0
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                await reader.readexactly(length)
+                if answered == self.answers_per_connection:
+                    self.dropped += 1
+                    break
+                answered += 1
+                framing = b"connection: close" if self.close else b"transfer-encoding: chunked"
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: " + self.content_type.encode()
+                             + b"\r\n" + framing + b"\r\n\r\n")
+                for block in self.blocks:
+                    writer.write(block if self.close else b"%x\r\n%s\r\n" % (len(block), block))
+                    await writer.drain()
+                    await asyncio.sleep(0.001)
+                if self.close:
+                    break
+                writer.write(b"0\r\n\r\n")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
 
 
 async def generate_from(
     blocks: list[bytes], content_type: str = "text/event-stream"
 ) -> list[Delta]:
-    def answer(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, headers={"content-type": content_type}, stream=_Blocks(blocks))
-
-    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
-        config = OpenAIModel(backend="openai", base_url="http://upstream.test/v1")
-        backend = OpenAICompatBackend(config, "m", client)
-        return await collect(backend.generate(HELLO))
+    async with RawUpstream(blocks, content_type) as raw:
+        config = OpenAIModel(backend="openai", base_url=raw.base_url)
+        backend = OpenAICompatBackend(config, "m")
+        try:
+            return await collect(backend.generate(HELLO))
+        finally:
+            await backend.aclose()
 
 
 def chunk(delta: dict, finish: str | None = None) -> str:

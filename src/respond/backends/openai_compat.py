@@ -3,11 +3,16 @@ SGLang, TGI, OpenAI, ...).
 
 Rules:
   * always stream (``stream: true`` with a final usage chunk), inside ``async with
-    client.stream(...)``: when the consumer stops iterating, the HTTP response is closed and
-    the upstream stops generating;
-  * one pooled HTTP/1.1 keep-alive client per backend, or a shared one passed in (then it is
-    not ours to close);
-  * ``httpx`` exceptions never leave this module: they become ``BackendTimeout``,
+    session.post(...)``: when the consumer stops iterating, the HTTP response is released
+    unfinished, its connection is closed and the upstream stops generating;
+  * one pooled HTTP/1.1 keep-alive session per backend (aiohttp: its per-request cost is a
+    small fraction of httpx's, and this client is on every request's path), created on first
+    use inside the running loop; or a shared one passed in (then it is not ours to close);
+  * idle connections are dropped after ``KEEPALIVE_SECONDS``, below the 5 s that common
+    servers (uvicorn, hence vLLM and SGLang) keep them, so a request is not sent on a
+    connection the upstream is closing; a request whose connection is found closed before
+    any answer arrives is sent once more on a fresh one;
+  * ``aiohttp`` exceptions never leave this module: they become ``BackendTimeout``,
     ``BackendError`` or (for an error body about the context) ``ContextOverflow``;
   * the environment is not read (``trust_env=False``): configuration arrives in ``OpenAIModel``.
 
@@ -18,11 +23,12 @@ a silent upstream does.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncGenerator
 from typing import Any
 
-import httpx
+import aiohttp
 import orjson
 
 from respond.backends.chat import ChunkReader, error_from_payload
@@ -34,17 +40,15 @@ logger = logging.getLogger(__name__)
 
 _DONE = b"[DONE]"
 _ERROR_BODY_LIMIT = 2000  # characters of a non-JSON error body worth quoting
-
-# Streams are long-lived, so the pool does not cap connections (a cap would turn load into
-# PoolTimeouts); it keeps enough idle ones for a busy server to avoid reconnecting.
-_LIMITS = httpx.Limits(max_connections=None, max_keepalive_connections=256)
+KEEPALIVE_SECONDS = 4.0
+CONNECT_TIMEOUT_CAP = 10.0
 
 
 class OpenAICompatBackend:
     """A model served by an OpenAI-compatible Chat Completions endpoint."""
 
     def __init__(
-        self, config: OpenAIModel, name: str, client: httpx.AsyncClient | None = None
+        self, config: OpenAIModel, name: str, session: aiohttp.ClientSession | None = None
     ) -> None:
         self.name = name
         self.model = config.model or name
@@ -52,14 +56,17 @@ class OpenAICompatBackend:
         self.context_window = config.context
         self.base_url = config.base_url
         self._url = f"{config.base_url}/chat/completions"
-        self._timeout = httpx.Timeout(config.timeout, connect=min(10.0, config.timeout))
-        self._headers = {"content-type": "application/json"}
+        # streams are long-lived, so there is no cap on connections (a cap would queue
+        # requests behind generations); ``sock_read`` bounds each wait for the next bytes
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=min(CONNECT_TIMEOUT_CAP, config.timeout),
+            sock_read=config.timeout,
+        )
+        self._headers = {"content-type": "application/json", "accept": "text/event-stream"}
         if config.api_key is not None:
             self._headers["authorization"] = f"Bearer {config.api_key.get_secret_value()}"
-        self._owns_client = client is None
-        self._client = client or httpx.AsyncClient(
-            timeout=self._timeout, limits=_LIMITS, http1=True, http2=False, trust_env=False
-        )
+        self._owns_session = session is None
+        self._session = session
 
     def payload(self, request: Generation) -> dict[str, Any]:
         """The Chat Completions request body for ``request``: only the parameters it sets."""
@@ -84,24 +91,43 @@ class OpenAICompatBackend:
                 body[key] = value
         return body
 
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                limit=0, keepalive_timeout=KEEPALIVE_SECONDS, ttl_dns_cache=60
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=self._timeout, trust_env=False,
+                skip_auto_headers=("user-agent",),
+            )
+        return self._session
+
+    async def _post(self, content: bytes) -> aiohttp.ClientResponse:
+        """Send the request; once more on a fresh connection if the pooled one was found
+        closed before any answer (nothing was generated for it)."""
+        http = self._http()
+        try:
+            return await http.post(self._url, data=content, headers=self._headers)
+        except aiohttp.ServerDisconnectedError:
+            logger.debug("upstream %s closed a pooled connection; sending again", self.base_url)
+            return await http.post(self._url, data=content, headers=self._headers)
+
     async def generate(self, request: Generation) -> AsyncGenerator[Delta, None]:
         content = orjson.dumps(self.payload(request))
         reader = ChunkReader()
         done = False
         try:
-            async with self._client.stream(
-                "POST", self._url, content=content, headers=self._headers, timeout=self._timeout
-            ) as response:
-                if not response.is_success:
-                    raise error_from_payload(response.status_code, await _error_body(response))
-                if response.headers.get("content-type", "").startswith("application/json"):
+            async with await self._post(content) as response:
+                if response.status >= 300:
+                    raise error_from_payload(response.status, await _error_body(response))
+                if response.content_type == "application/json":
                     # the server ignored ``stream`` and sent one whole chat.completion
-                    for delta in reader.feed(self._decode(await response.aread())):
+                    for delta in reader.feed(self._decode(await response.read())):
                         yield delta
                     done = True
                 else:
                     events = _EventParser()
-                    async for block in response.aiter_bytes():
+                    async for block in response.content.iter_any():
                         for data in events.feed(block):
                             if done:
                                 continue  # read to the end so the connection can be reused
@@ -115,13 +141,15 @@ class OpenAICompatBackend:
                         if not done:
                             for delta in reader.feed(self._decode(data)):
                                 yield delta
-        except httpx.TimeoutException as exc:
+        except (TimeoutError, asyncio.TimeoutError) as exc:  # aiohttp's timeouts are both
             logger.warning("upstream %s of model %s timed out: %r", self.base_url, self.name, exc)
             raise BackendTimeout(self._timeout_message(exc)) from exc
-        except httpx.ConnectError as exc:
+        except aiohttp.ClientConnectorError as exc:
             logger.warning("cannot reach upstream %s of model %s: %r", self.base_url, self.name, exc)
-            raise BackendError(f"Cannot reach the upstream of model '{self.name}': {_reason(exc)}") from exc
-        except httpx.HTTPError as exc:
+            raise BackendError(
+                f"Cannot reach the upstream of model '{self.name}': {_reason(exc)}"
+            ) from exc
+        except aiohttp.ClientError as exc:
             raise BackendError(
                 f"The upstream of model '{self.name}' broke off the answer: {_reason(exc)}"
             ) from exc
@@ -129,7 +157,7 @@ class OpenAICompatBackend:
             raise BackendError(
                 f"The upstream of model '{self.name}' ended the stream before the answer was finished"
             )
-        # yielded after the response is closed, so its connection is back in the pool
+        # yielded after the response is released, so its connection is back in the pool
         yield reader.finish()
 
     async def count_tokens(self, messages: list[ChatMessage]) -> int | None:
@@ -137,8 +165,9 @@ class OpenAICompatBackend:
         return None
 
     async def aclose(self) -> None:
-        if self._owns_client:
-            await self._client.aclose()
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+            self._session = None
 
     def _decode(self, data: bytes) -> dict[str, Any]:
         try:
@@ -154,13 +183,11 @@ class OpenAICompatBackend:
             )
         return chunk
 
-    def _timeout_message(self, exc: httpx.TimeoutException) -> str:
-        if isinstance(exc, httpx.ConnectTimeout):
-            what = f"did not accept a connection within {self._timeout.connect:g} s"
-        elif isinstance(exc, httpx.PoolTimeout):
-            what = "had no free connection in the pool in time"
+    def _timeout_message(self, exc: BaseException) -> str:
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+            what = f"did not accept a connection within {self._timeout.sock_connect:g} s"
         else:
-            what = f"did not answer within {self._timeout.read:g} s"
+            what = f"did not answer within {self._timeout.sock_read:g} s"
         return f"The upstream of model '{self.name}' {what}"
 
 
@@ -206,15 +233,20 @@ class _EventParser:
             self._data.append(line[6:] if line[5:6] == b" " else line[5:])
 
 
-async def _error_body(response: httpx.Response) -> Any:
-    raw = await response.aread()
-    logger.debug("upstream %s answered %s: %r", response.url, response.status_code, raw[:500])
+async def _error_body(response: aiohttp.ClientResponse) -> Any:
+    raw = await response.read()
+    logger.debug("upstream %s answered %s: %r", response.url, response.status, raw[:500])
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
         text = raw.decode("utf-8", "replace").strip()
-        return text[:_ERROR_BODY_LIMIT] or f"HTTP {response.status_code}"
+        return text[:_ERROR_BODY_LIMIT] or f"HTTP {response.status}"
 
 
 def _reason(exc: Exception) -> str:
+    """What went wrong, without the upstream's address (aiohttp puts it in some messages)."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return exc.os_error.strerror or type(exc.os_error).__name__
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return exc.message or f"HTTP {exc.status}"
     return str(exc) or type(exc).__name__
