@@ -10,6 +10,7 @@ import json
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Self
 
 import aiohttp
 import pytest
@@ -406,7 +407,7 @@ class RawUpstream:
         port = self._server.sockets[0].getsockname()[1]
         return f"http://127.0.0.1:{port}/v1"
 
-    async def __aenter__(self) -> RawUpstream:
+    async def __aenter__(self) -> Self:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         return self
 

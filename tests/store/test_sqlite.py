@@ -32,9 +32,10 @@ async def store(db_path: Path) -> AsyncIterator[SQLiteStore]:
 
 
 def traced(store: SQLiteStore) -> list[str]:
-    """Every statement the store's connection runs from now on (SQLite's own trace hook)."""
+    """Every statement the store's inline connection (the one every light job uses while
+    no other connection holds a lock) runs from now on (SQLite's own trace hook)."""
     statements: list[str] = []
-    store._conn.set_trace_callback(statements.append)
+    store._inline.conn.set_trace_callback(statements.append)
     return statements
 
 
@@ -66,6 +67,46 @@ async def test_idle_workers_never_take_the_write_lock(store: SQLiteStore) -> Non
     statements.clear()
     assert await store.claim("w", NOW, 30) is not None
     assert any("BEGIN IMMEDIATE" in s for s in statements)
+
+
+async def test_a_held_write_lock_does_not_stall_the_event_loop(db_path: Path,
+                                                                store: SQLiteStore) -> None:
+    """Another connection holds the write lock: the save waits for it on the store's thread
+    while the loop goes on, then commits."""
+    other = sqlite3.connect(db_path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticker = asyncio.create_task(tick())
+    saving = asyncio.create_task(save_turn(store, "resp_1", None))
+    try:
+        await asyncio.sleep(0.3)
+        assert not saving.done()
+        assert ticks >= 10  # the loop ran while the save waited
+        other.execute("COMMIT")
+        await asyncio.wait_for(saving, 5)
+    finally:
+        ticker.cancel()
+        other.close()
+    assert await store.get_response("resp_1", NOW) is not None
+
+
+async def test_the_write_ahead_log_is_checkpointed(db_path: Path, store: SQLiteStore) -> None:
+    """The inline connection never checkpoints; the thread does, every so many writes, so the
+    log does not grow with the number of writes (3,000 turns unchecked would be ~100 MB)."""
+    parent = None
+    for n in range(3000):
+        parent = await save_turn(store, f"resp_{n}", None if n % 50 == 0 else parent)
+        await asyncio.sleep(0)  # as a server does between requests
+    assert await store.get_response("resp_2999", NOW) is not None
+    wal = db_path.with_name(db_path.name + "-wal")
+    assert wal.stat().st_size < 16 * 2**20
 
 
 async def test_a_waiter_notices_another_process(db_path: Path, store: SQLiteStore) -> None:
@@ -133,11 +174,16 @@ async def test_open_sets_pragmas_and_creates_directories(
     store = await SQLiteStore.open("sqlite:///nested/dir/respond.db")
     try:
         assert (tmp_path / "nested" / "dir" / "respond.db").is_file()
-        conn = store._conn
-        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
-        assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
-        assert conn.execute("PRAGMA busy_timeout").fetchone()[0] > 0
+        assert store._threaded is not None
+        inline, threaded = store._inline.conn, store._threaded.conn
+        for conn in (inline, threaded):
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+            assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+        # the loop's connection never waits for a lock nor checkpoints; the thread's does
+        assert inline.execute("PRAGMA busy_timeout").fetchone()[0] == 0
+        assert inline.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        assert threaded.execute("PRAGMA busy_timeout").fetchone()[0] > 0
     finally:
         await store.aclose()
     with pytest.raises(RuntimeError):

@@ -23,7 +23,6 @@ a silent upstream does.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -141,7 +140,7 @@ class OpenAICompatBackend:
                         if not done:
                             for delta in reader.feed(self._decode(data)):
                                 yield delta
-        except (TimeoutError, asyncio.TimeoutError) as exc:  # aiohttp's timeouts are both
+        except TimeoutError as exc:  # aiohttp's timeouts (connect and read) are TimeoutErrors
             logger.warning("upstream %s of model %s timed out: %r", self.base_url, self.name, exc)
             raise BackendTimeout(self._timeout_message(exc)) from exc
         except aiohttp.ClientConnectorError as exc:

@@ -198,7 +198,14 @@ class Worker:
                                            self._running.pop(rid, None))
             except Exception:  # the loop must survive a database hiccup
                 log.exception("background worker loop failed; retrying")
-            await self.store.wait_for_jobs(min(1.0, self.lease_seconds / 3))
+            pause = min(1.0, self.lease_seconds / 3)
+            if len(self._running) >= self.concurrency:
+                # every slot is taken: waiting for jobs would return at once while any is
+                # queued, so wait for a slot (reaping again after the same pause)
+                await asyncio.wait(list(self._running.values()), timeout=pause,
+                                   return_when=asyncio.FIRST_COMPLETED)
+            else:
+                await self.store.wait_for_jobs(pause)
 
     async def aclose(self) -> None:
         for task in list(self._running.values()):

@@ -1,11 +1,20 @@
-"""SQLite store: one long-lived connection driven by one dedicated thread.
+"""SQLite store: a connection used inline on the event loop, and one on a dedicated thread.
 
 Rules:
-- Every public method is one job for the store's thread: its statements run there back to
-  back, so a method costs one thread hop however many statements it runs, and jobs never
-  interleave within a process. The event loop only encodes JSON and waits.
-- Writes run in ``BEGIN IMMEDIATE ... COMMIT`` (the write lock is taken up front, so
-  concurrent writers wait on the busy timeout instead of failing on a lock upgrade). A job
+- A job (the statements of one public method) runs inline, synchronously on the event loop:
+  a small transaction in WAL mode costs less than handing it to a thread and back, and it
+  cannot interleave with another job of this process. The inline connection never waits for
+  a lock (``busy_timeout`` 0): when another connection holds one, the job runs again from
+  the start on the store's thread, whose connection waits up to the busy timeout there.
+- Heavy jobs (purges, file contents) always run on the thread, as does checkpointing: the
+  inline connection does not checkpoint (``wal_autocheckpoint`` 0); every
+  ``CHECKPOINT_EVERY_WRITES`` inline write transactions the thread runs a RESTART
+  checkpoint, with this store's write transactions queued on the thread behind it (readers
+  go on inline), which keeps the log as small as those writes. An in-memory database (one private
+  database per connection) has a single connection, used inline for everything.
+- Writes run in ``BEGIN IMMEDIATE ... COMMIT``: the write lock is taken up front, so a
+  writer meets a held lock before it has changed anything (inline, it moves to the thread;
+  there, it waits on the busy timeout) instead of failing on a lock upgrade. A job
   cancelled by its caller still runs to the end: a transaction is never cut in half.
 - SQL text is constant, so the connection's statement cache prepares each statement once.
   Id lists travel as one JSON array parameter (``json_each(?)``), never as N placeholders.
@@ -16,8 +25,8 @@ Rules:
 - Background work: ``claim`` and ``reap`` look first with a plain read and take the write
   lock only when there is something to take, so idle workers never queue behind writers.
   Waiters are woken in-process right after a commit on this store; another process's
-  commits are noticed by polling ``PRAGMA data_version`` (which moves only when another
-  connection committed) every ``POLL_SECONDS`` while anyone waits.
+  commits are noticed by polling ``PRAGMA data_version`` on the inline connection (which
+  moves only when another connection committed) every ``POLL_SECONDS`` while anyone waits.
 - ``sqlite3`` errors leave as ``ServerError`` (logged with their cause).
 """
 
@@ -50,6 +59,7 @@ BUSY_TIMEOUT_MS = 5000
 PURGE_BATCH = 500  # responses removed per transaction, so a large purge never holds the lock long
 TOMBSTONE_EXPIRES_AT = 0
 POLL_SECONDS = 0.2  # how soon a waiter notices a commit made by another process
+CHECKPOINT_EVERY_WRITES = 200  # inline write transactions between two WAL checkpoints
 
 _RESPONSE_COLUMNS = "body, context_ids, output_ids, previous_response_id, created_at, expires_at"
 
@@ -301,6 +311,45 @@ def _settle_error(future: asyncio.Future[Any], exc: BaseException) -> None:
         future.set_exception(exc)
 
 
+class _Db:
+    """One connection, as the job functions see it: statements counted, writes wrapped."""
+
+    __slots__ = ("_store", "conn", "writes")
+
+    def __init__(self, conn: sqlite3.Connection, store: SQLiteStore) -> None:
+        self.conn = conn
+        self._store = store
+        self.writes = 0  # write transactions committed through this connection
+
+    def execute(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
+        self._store.statements += 1
+        return self.conn.execute(sql, params)
+
+    def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        self._store.statements += 1
+        self.conn.executemany(sql, rows)
+
+    def write(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(self, *args)`` inside one write transaction."""
+        self.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(self, *args)
+            self.execute("COMMIT")
+        except BaseException:
+            if self.conn.in_transaction:
+                self.execute("ROLLBACK")
+            raise
+        self.writes += 1
+        return result
+
+    def update(self, sql: str, params: tuple[Any, ...]) -> bool:
+        """One writing statement; on its own it is a transaction that takes the write lock
+        before it reads, so it needs no BEGIN IMMEDIATE."""
+        changed = self.execute(sql, params).rowcount > 0
+        self.writes += 1
+        return changed
+
+
 class SQLiteStore:
     """The ``Store`` protocol on SQLite. Open with ``await SQLiteStore.open(url)``.
 
@@ -308,11 +357,14 @@ class SQLiteStore:
     for benchmarks and tests.
     """
 
-    def __init__(self, worker: _Worker, conn: sqlite3.Connection) -> None:
+    def __init__(self, worker: _Worker, threaded: sqlite3.Connection | None,
+                 inline: sqlite3.Connection) -> None:
         self._worker = worker
-        self._conn = conn
-        self._closed = False
         self.statements = 0
+        self._inline = _Db(inline, self)
+        self._threaded = None if threaded is None else _Db(threaded, self)
+        self._closed = False
+        self._checkpoint: asyncio.Task[None] | None = None
         self._data_version: int | None = None  # as of the last probe; None: probe anyway
         self._wakeups = Wakeups(self._probe, POLL_SECONDS)
 
@@ -321,56 +373,79 @@ class SQLiteStore:
         path = database_path(url_or_path)
         worker = _Worker("respond-sqlite")
         try:
-            conn = await worker.run(_connect, path)
+            threaded = await worker.run(_connect, path)  # creates the file and migrates it
         except BaseException:
             await worker.stop()
             raise
-        return cls(worker, conn)
+        if path == ":memory:":  # one private database: one connection, used inline
+            return cls(worker, None, threaded)
+        try:
+            inline = _connect_inline(path)
+        except BaseException:
+            await worker.run(threaded.close)
+            await worker.stop()
+            raise
+        return cls(worker, threaded, inline)
 
-    # -- the thread hop ----------------------------------------------------------------------
+    # -- running a job -----------------------------------------------------------------------
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _run(self, job: Callable[..., T], *args: Any, write: bool = False,
+                   heavy: bool = False) -> T:
+        """Run ``job(db, *args)`` (inside a write transaction with ``write``): inline on
+        this loop unless it is ``heavy``, or another connection holds the lock it needs
+        (then on the store's thread, where waiting does not stall the loop)."""
         if self._closed:
             raise RuntimeError("the store is closed")
         try:
-            return await self._worker.run(fn, *args)
+            if self._threaded is not None and (heavy or (write and self._checkpoint)):
+                # during a checkpoint, writes queue behind it: it never waits for them
+                return await self._worker.run(_job, self._threaded, job, args, write)
+            try:
+                return _job(self._inline, job, args, write)
+            except sqlite3.OperationalError as exc:
+                if self._threaded is None or not _busy(exc):
+                    raise
+            return await self._worker.run(_job, self._threaded, job, args, write)
         except sqlite3.Error as exc:
-            log.error("SQLite error in %s", fn.__name__, exc_info=exc)
+            log.error("SQLite error in %s", job.__name__, exc_info=exc)
             raise ServerError("The response store failed; try again later.") from exc
+        finally:
+            if self._inline.writes >= CHECKPOINT_EVERY_WRITES:
+                self._start_checkpoint()
 
-    def _execute(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
-        self.statements += 1
-        return self._conn.execute(sql, params)
+    def _start_checkpoint(self) -> None:
+        """Copy the write-ahead log back into the database on the store's thread: the inline
+        connection never does it itself (a checkpoint writes and syncs many pages)."""
+        if self._threaded is None or self._closed or self._checkpoint is not None:
+            return
+        self._inline.writes = 0
+        self._checkpoint = asyncio.get_running_loop().create_task(self._checkpoint_wal())
 
-    def _write(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn`` inside one write transaction (on the store's thread)."""
-        self._execute("BEGIN IMMEDIATE")
+    async def _checkpoint_wal(self) -> None:
+        assert self._threaded is not None
         try:
-            result = fn(*args)
-            self._execute("COMMIT")
-        except BaseException:
-            if self._conn.in_transaction:
-                self._execute("ROLLBACK")
-            raise
-        return result
+            await self._worker.run(_checkpoint, self._threaded)
+        except sqlite3.Error:
+            log.warning("SQLite checkpoint failed; the next one retries", exc_info=True)
+        finally:
+            self._checkpoint = None
 
     # -- Store -------------------------------------------------------------------------------
 
     async def save_response(self, response: StoredResponse, new_items: list[Item]) -> None:
         row, items = _response_rows(response, new_items)
-        await self._run(self._write, self._save, row, items)
+        await self._run(self._save, row, items, write=True)
 
-    def _save(self, row: tuple[Any, ...], items: list[tuple[str, str, str]]) -> None:
-        self._execute(_UPSERT_RESPONSE, row)
+    def _save(self, db: _Db, row: tuple[Any, ...], items: list[tuple[str, str, str]]) -> None:
+        db.execute(_UPSERT_RESPONSE, row)
         if items:
-            self.statements += 1
-            self._conn.executemany(_INSERT_ITEM, items)
+            db.executemany(_INSERT_ITEM, items)
 
     async def get_response(self, response_id: str, now: int) -> StoredResponse | None:
         return await self._run(self._get_response, response_id, now)
 
-    def _get_response(self, response_id: str, now: int) -> StoredResponse | None:
-        row = self._execute(_SELECT_RESPONSE, (response_id, now)).fetchone()
+    def _get_response(self, db: _Db, response_id: str, now: int) -> StoredResponse | None:
+        row = db.execute(_SELECT_RESPONSE, (response_id, now)).fetchone()
         return None if row is None else _stored_response(response_id, row)
 
     async def get_items(self, item_ids: list[str]) -> dict[str, Item]:
@@ -378,8 +453,8 @@ class SQLiteStore:
             return {}
         return await self._run(self._get_items, orjson.dumps(item_ids).decode())
 
-    def _get_items(self, ids_json: str) -> dict[str, Item]:
-        rows = self._execute(_SELECT_ITEMS_BY_ID, (ids_json,)).fetchall()
+    def _get_items(self, db: _Db, ids_json: str) -> dict[str, Item]:
+        rows = db.execute(_SELECT_ITEMS_BY_ID, (ids_json,)).fetchall()
         return {item_id: orjson.loads(data) for item_id, data in rows}
 
     async def load_context(
@@ -387,18 +462,18 @@ class SQLiteStore:
     ) -> tuple[StoredResponse, list[Item]] | None:
         return await self._run(self._load_context, response_id, now)
 
-    def _load_context(self, response_id: str, now: int) -> tuple[StoredResponse, list[Item]] | None:
-        row = self._execute(_SELECT_RESPONSE, (response_id, now)).fetchone()
+    def _load_context(self, db: _Db, response_id: str, now: int) -> tuple[StoredResponse, list[Item]] | None:
+        row = db.execute(_SELECT_RESPONSE, (response_id, now)).fetchone()
         if row is None:
             return None
         response = _stored_response(response_id, row)
         ids = response.context_ids + response.output_ids
-        return response, self._items_in_order(response_id, ids)
+        return response, self._items_in_order(db, response_id, ids)
 
-    def _items_in_order(self, response_id: str, ids: list[str]) -> list[Item]:
+    def _items_in_order(self, db: _Db, response_id: str, ids: list[str]) -> list[Item]:
         if not ids:
             return []
-        (text,) = self._execute(_SELECT_ITEMS_JSON, (orjson.dumps(ids).decode(),)).fetchone()
+        (text,) = db.execute(_SELECT_ITEMS_JSON, (orjson.dumps(ids).decode(),)).fetchone()
         return _in_order(response_id, ids, [] if text is None else orjson.loads(text))
 
     async def list_input_items(
@@ -417,6 +492,7 @@ class SQLiteStore:
 
     def _list_input_items(
         self,
+        db: _Db,
         response_id: str,
         limit: int,
         order: Literal["asc", "desc"],
@@ -424,42 +500,42 @@ class SQLiteStore:
         before: str | None,
         now: int,
     ) -> ItemPage | None:
-        row = self._execute(_SELECT_CONTEXT_IDS, (response_id, now)).fetchone()
+        row = db.execute(_SELECT_CONTEXT_IDS, (response_id, now)).fetchone()
         if row is None:
             return None
         ids: list[str] = orjson.loads(row[0])
         if order == "desc":
             ids.reverse()
         page_ids, has_more = page(ids, limit=limit, after=after, before=before)
-        return ItemPage(items=self._items_in_order(response_id, page_ids), has_more=has_more)
+        return ItemPage(items=self._items_in_order(db, response_id, page_ids), has_more=has_more)
 
     async def delete_response(self, response_id: str, now: int) -> bool:
-        return await self._run(self._write, self._delete, response_id, now)
+        return await self._run(self._delete, response_id, now, write=True)
 
-    def _delete(self, response_id: str, now: int) -> bool:
-        if self._execute(_TOMBSTONE, (response_id, now)).rowcount == 0:
+    def _delete(self, db: _Db, response_id: str, now: int) -> bool:
+        if db.execute(_TOMBSTONE, (response_id, now)).rowcount == 0:
             return False
-        self._execute(_DROP_JOB, (response_id,))
-        self._execute(_DROP_EVENTS, (response_id,))
-        self._execute(_DELETE_UNBUILT, (response_id, now))
+        db.execute(_DROP_JOB, (response_id,))
+        db.execute(_DROP_EVENTS, (response_id,))
+        db.execute(_DELETE_UNBUILT, (response_id, now))
         return True
 
     async def purge_expired(self, now: int) -> int:
         removed = 0
         while True:  # one transaction per batch, so saves from other requests get in between
-            count = await self._run(self._write, self._purge_batch, now)
+            count = await self._run(self._purge_batch, now, write=True, heavy=True)
             removed += count
             if count < PURGE_BATCH:
                 break
-        await self._run(self._write, self._purge_hidden_work, now)
+        await self._run(self._purge_hidden_work, now, write=True, heavy=True)
         return removed
 
-    def _purge_batch(self, now: int) -> int:
-        return self._execute(_PURGE_BATCH, (now, PURGE_BATCH)).rowcount
+    def _purge_batch(self, db: _Db, now: int) -> int:
+        return db.execute(_PURGE_BATCH, (now, PURGE_BATCH)).rowcount
 
-    def _purge_hidden_work(self, now: int) -> None:
-        self._execute(_DROP_HIDDEN_JOBS, (now,))
-        self._execute(_DROP_HIDDEN_EVENTS, (now,))
+    def _purge_hidden_work(self, db: _Db, now: int) -> None:
+        db.execute(_DROP_HIDDEN_JOBS, (now,))
+        db.execute(_DROP_HIDDEN_EVENTS, (now,))
 
     # -- background work ---------------------------------------------------------------------
 
@@ -468,56 +544,52 @@ class SQLiteStore:
     ) -> None:
         row, items = _response_rows(response, new_items)
         job = (response.id, orjson.dumps(payload).decode(), time.time())
-        await self._run(self._write, self._enqueue, row, items, job)
+        await self._run(self._enqueue, row, items, job, write=True)
         self._wakeups.jobs_enqueued()
 
     def _enqueue(
-        self, row: tuple[Any, ...], items: list[tuple[str, str, str]], job: tuple[Any, ...]
+        self, db: _Db, row: tuple[Any, ...], items: list[tuple[str, str, str]],
+        job: tuple[Any, ...],
     ) -> None:
-        self._save(row, items)
-        self._execute(_UPSERT_JOB, job)
+        self._save(db, row, items)
+        db.execute(_UPSERT_JOB, job)
 
     async def claim(self, worker: str, now: float, lease_seconds: float) -> Job | None:
         return await self._run(self._claim, worker, now + lease_seconds)
 
-    def _claim(self, worker: str, lease_until: float) -> Job | None:
-        if not self._execute(_HAS_UNCLAIMED).fetchone()[0]:
+    def _claim(self, db: _Db, worker: str, lease_until: float) -> Job | None:
+        if not db.execute(_HAS_UNCLAIMED).fetchone()[0]:
             return None
-        rows = self._write(lambda: self._execute(_CLAIM, (worker, lease_until)).fetchall())
+        rows = db.write(lambda db: db.execute(_CLAIM, (worker, lease_until)).fetchall())
         if not rows:
             return None
         response_id, payload, attempts = rows[0]
         return Job(response_id=response_id, payload=orjson.loads(payload), attempts=attempts)
 
     async def renew(self, response_id: str, worker: str, now: float, lease_seconds: float) -> bool:
-        return await self._run(self._update, _RENEW, (response_id, worker, now + lease_seconds))
+        return await self._run(_Db.update, _RENEW, (response_id, worker, now + lease_seconds))
 
     async def finish_job(self, response_id: str) -> None:
-        await self._run(self._update, _FINISH, (response_id,))
+        await self._run(_Db.update, _FINISH, (response_id,))
 
     async def reap(self, now: float) -> list[str]:
         return await self._run(self._reap, now)
 
-    def _reap(self, now: float) -> list[str]:
-        if not self._execute(_HAS_EXPIRED, (now,)).fetchone()[0]:
+    def _reap(self, db: _Db, now: float) -> list[str]:
+        if not db.execute(_HAS_EXPIRED, (now,)).fetchone()[0]:
             return []
-        rows = self._write(lambda: self._execute(_REAP, (now,)).fetchall())
+        rows = db.write(lambda db: db.execute(_REAP, (now,)).fetchall())
         return [response_id for (response_id,) in rows]
 
     async def request_cancel(self, response_id: str) -> bool:
-        return await self._run(self._update, _REQUEST_CANCEL, (response_id,))
+        return await self._run(_Db.update, _REQUEST_CANCEL, (response_id,))
 
     async def cancel_requested(self, response_id: str) -> bool:
         return await self._run(self._cancel_requested, response_id)
 
-    def _cancel_requested(self, response_id: str) -> bool:
-        row = self._execute(_CANCEL_REQUESTED, (response_id,)).fetchone()
+    def _cancel_requested(self, db: _Db, response_id: str) -> bool:
+        row = db.execute(_CANCEL_REQUESTED, (response_id,)).fetchone()
         return row is not None and bool(row[0])
-
-    def _update(self, sql: str, params: tuple[Any, ...]) -> bool:
-        """One writing statement; on its own it is a transaction that takes the write lock
-        before it reads, so it needs no BEGIN IMMEDIATE."""
-        return self._execute(sql, params).rowcount > 0
 
     async def wait_for_jobs(self, timeout: float) -> None:
         if self._closed:
@@ -534,18 +606,17 @@ class SQLiteStore:
             return
         rows = [(response_id, event["sequence_number"], orjson.dumps(event).decode())
                 for event in events]
-        await self._run(self._write, self._append_events, rows)
+        await self._run(self._append_events, rows, write=True)
         self._wakeups.events_appended(response_id, max(row[1] for row in rows))
 
-    def _append_events(self, rows: list[tuple[str, int, str]]) -> None:
-        self.statements += 1
-        self._conn.executemany(_INSERT_EVENT, rows)
+    def _append_events(self, db: _Db, rows: list[tuple[str, int, str]]) -> None:
+        db.executemany(_INSERT_EVENT, rows)
 
     async def read_events(self, response_id: str, after: int) -> list[dict[str, Any]]:
         return await self._run(self._read_events, response_id, after)
 
-    def _read_events(self, response_id: str, after: int) -> list[dict[str, Any]]:
-        rows = self._execute(_READ_EVENTS, (response_id, after)).fetchall()
+    def _read_events(self, db: _Db, response_id: str, after: int) -> list[dict[str, Any]]:
+        rows = db.execute(_READ_EVENTS, (response_id, after)).fetchall()
         if not rows:
             return []
         return orjson.loads("[" + ",".join(data for (data,) in rows) + "]")
@@ -564,19 +635,19 @@ class SQLiteStore:
     async def save_file(self, file: StoredFile, chunks: AsyncIterable[bytes]) -> None:
         row = (file.id, file.filename, file.purpose, file.bytes, file.content_type,
                file.created_at, file.created_at + UPLOAD_GRACE_SECONDS)
-        await self._run(self._update, _INSERT_FILE, row)
+        await self._run(_Db.update, _INSERT_FILE, row)
         try:
             seq = size = 0
             async for chunk in chunks:
-                await self._run(self._update, _INSERT_CHUNK, (file.id, seq, chunk))
+                await self._run(_Db.update, _INSERT_CHUNK, (file.id, seq, chunk), heavy=True)
                 seq += 1
                 size += len(chunk)
             if size != file.bytes:
                 raise ValueError(f"file {file.id}: {size} bytes written, {file.bytes} declared")
-            await self._run(self._update, _COMPLETE_FILE, (file.id, file.expires_at))
+            await self._run(_Db.update, _COMPLETE_FILE, (file.id, file.expires_at))
         except BaseException:
             try:
-                await asyncio.shield(self._run(self._update, _DROP_FILE, (file.id,)))
+                await asyncio.shield(self._run(_Db.update, _DROP_FILE, (file.id,)))
             except Exception:  # the purge removes it later; the cause is what matters
                 log.warning("could not remove the unfinished upload %s", file.id, exc_info=True)
             raise
@@ -584,8 +655,8 @@ class SQLiteStore:
     async def get_file(self, file_id: str, now: int) -> StoredFile | None:
         return await self._run(self._get_file, file_id, now)
 
-    def _get_file(self, file_id: str, now: int) -> StoredFile | None:
-        row = self._execute(_SELECT_FILE, (file_id, now)).fetchone()
+    def _get_file(self, db: _Db, file_id: str, now: int) -> StoredFile | None:
+        row = db.execute(_SELECT_FILE, (file_id, now)).fetchone()
         return None if row is None else StoredFile(*row)
 
     async def list_files(
@@ -594,41 +665,42 @@ class SQLiteStore:
     ) -> FilePage:
         return await self._run(self._list_files, purpose, limit, order, after, now)
 
-    def _list_files(self, purpose: str | None, limit: int, order: Literal["asc", "desc"],
+    def _list_files(self, db: _Db, purpose: str | None, limit: int, order: Literal["asc", "desc"],
                     after: str | None, now: int) -> FilePage:
-        rows = self._execute(_LIST_FILES[order], (now, purpose, after, limit + 1)).fetchall()
+        rows = db.execute(_LIST_FILES[order], (now, purpose, after, limit + 1)).fetchall()
         return FilePage([StoredFile(*row) for row in rows[:limit]], len(rows) > limit)
 
     async def read_file(self, file_id: str) -> AsyncIterator[bytes]:
         seq = 0
         while True:
-            rows = await self._run(self._read_chunks, file_id, seq)
+            rows = await self._run(self._read_chunks, file_id, seq, heavy=True)
             for data in rows:
                 yield data
             if len(rows) < READ_CHUNKS:
                 return
             seq += len(rows)
 
-    def _read_chunks(self, file_id: str, seq: int) -> list[bytes]:
-        rows = self._execute(_READ_CHUNKS, (file_id, seq, READ_CHUNKS)).fetchall()
+    def _read_chunks(self, db: _Db, file_id: str, seq: int) -> list[bytes]:
+        rows = db.execute(_READ_CHUNKS, (file_id, seq, READ_CHUNKS)).fetchall()
         return [bytes(data) for (data,) in rows]
 
     async def delete_file(self, file_id: str, now: int) -> bool:
-        return await self._run(self._update, _DELETE_FILE, (file_id, now))
+        return await self._run(_Db.update, _DELETE_FILE, (file_id, now))
 
     async def purge_files(self, now: int) -> int:
         removed = 0
         while True:  # a batch per transaction: big files free many pages
-            count = await self._run(self._execute_count, _PURGE_FILES, (now, PURGE_FILES_BATCH))
+            count = await self._run(self._execute_count, _PURGE_FILES, (now, PURGE_FILES_BATCH),
+                                   heavy=True)
             removed += count
             if count < PURGE_FILES_BATCH:
                 return removed
 
-    def _execute_count(self, sql: str, params: tuple[Any, ...]) -> int:
-        return self._execute(sql, params).rowcount
+    def _execute_count(self, db: _Db, sql: str, params: tuple[Any, ...]) -> int:
+        return db.execute(sql, params).rowcount
 
-    def _exists(self, sql: str, params: tuple[Any, ...]) -> bool:
-        return bool(self._execute(sql, params).fetchone()[0])
+    def _exists(self, db: _Db, sql: str, params: tuple[Any, ...]) -> bool:
+        return bool(db.execute(sql, params).fetchone()[0])
 
     async def _probe(
         self, watched: dict[str, int], jobs: bool
@@ -636,16 +708,16 @@ class SQLiteStore:
         return await self._run(self._probe_now, list(watched), jobs)
 
     def _probe_now(
-        self, watched: list[str], jobs: bool
+        self, db: _Db, watched: list[str], jobs: bool
     ) -> tuple[bool, dict[str, int | None]] | None:
-        (version,) = self._execute("PRAGMA data_version").fetchone()
+        (version,) = db.execute("PRAGMA data_version").fetchone()
         if version == self._data_version:
             return None  # no other connection has committed since the last probe
         self._data_version = version
-        unclaimed = jobs and self._exists(_HAS_UNCLAIMED, ())
+        unclaimed = jobs and self._exists(db, _HAS_UNCLAIMED, ())
         lasts: dict[str, int | None] = {}
         if watched:
-            rows = self._execute(_LAST_EVENTS, (orjson.dumps(watched).decode(),)).fetchall()
+            rows = db.execute(_LAST_EVENTS, (orjson.dumps(watched).decode(),)).fetchall()
             lasts = dict(rows)
         return unclaimed, lasts
 
@@ -653,9 +725,39 @@ class SQLiteStore:
         if self._closed:
             return
         await self._wakeups.aclose()
-        await self._run(self._conn.close)
+        if self._checkpoint is not None:
+            await self._checkpoint
         self._closed = True
+        self._inline.conn.close()
+        if self._threaded is not None:
+            await self._worker.run(_checkpoint_and_close, self._threaded.conn)
         await self._worker.stop()
+
+
+def _job(db: _Db, job: Callable[..., T], args: tuple[Any, ...], write: bool) -> T:
+    return db.write(job, *args) if write else job(db, *args)
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    """Whether another connection holds a lock the statement needed (SQLITE_BUSY/LOCKED)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None:
+        return "locked" in str(exc) or "busy" in str(exc)
+    return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def _checkpoint(db: _Db) -> None:
+    # RESTART: copies the whole log and makes the next writer start it over, so the log stays
+    # as small as the writes between two checkpoints. This store's writes queue behind this
+    # job meanwhile; readers go on.
+    db.conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+
+
+def _checkpoint_and_close(conn: sqlite3.Connection) -> None:
+    try:
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    finally:
+        conn.close()
 
 
 def _use_wal(conn: sqlite3.Connection) -> None:
@@ -687,6 +789,21 @@ def _connect(path: str) -> sqlite3.Connection:
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = ON")
         apply_sqlite(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _connect_inline(path: str) -> sqlite3.Connection:
+    """The connection used on the event loop: it never waits for a lock (busy_timeout 0:
+    the job moves to the store's thread instead) and never checkpoints (the thread does)."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute("PRAGMA busy_timeout = 0")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
     except BaseException:
         conn.close()
         raise
