@@ -66,20 +66,18 @@ class InProcessServer:
 
     def _main(self) -> None:
         from respond.app import create_app
-
-        try:  # where the composition root takes it from, wherever that lives
-            from respond.store.open import open_store
-        except ImportError:
-            from respond.app import open_store  # type: ignore[attr-defined,no-redef]
+        from respond.cli import tune_gc
+        from respond.store.open import open_store
 
         async def serve() -> None:
             store = await open_store(self.settings.database_url())
             try:
                 self.counting = CountingStore(store)
                 app = create_app(self.settings, store=self.counting)
+                tune_gc()  # as ``respond serve`` does
                 config = uvicorn.Config(app, host="127.0.0.1", port=self.port,
                                         log_level="warning", lifespan="on", access_log=False,
-                                        http="httptools")
+                                        http="httptools", proxy_headers=False)
                 self.server = uvicorn.Server(config)
                 await self.server.serve()
             finally:
