@@ -67,6 +67,7 @@ class InProcessServer:
     def _main(self) -> None:
         from respond.app import create_app
         from respond.cli import tune_gc
+        from respond.http.corking import CorkedHttpToolsProtocol
         from respond.store.open import open_store
 
         async def serve() -> None:
@@ -77,7 +78,7 @@ class InProcessServer:
                 tune_gc()  # as ``respond serve`` does
                 config = uvicorn.Config(app, host="127.0.0.1", port=self.port,
                                         log_level="warning", lifespan="on", access_log=False,
-                                        http="httptools", proxy_headers=False)
+                                        http=CorkedHttpToolsProtocol, proxy_headers=False)
                 self.server = uvicorn.Server(config)
                 await self.server.serve()
             finally:

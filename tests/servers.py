@@ -17,6 +17,7 @@ from typing import Any
 import uvicorn
 
 from respond.app import create_app
+from respond.http.corking import CorkedHttpToolsProtocol
 from respond.settings import Settings, build_settings
 
 
@@ -33,8 +34,10 @@ class RunningServer:
         self.settings = settings
         self.port = free_port()
         self.app = create_app(settings, **overrides)
+        # the HTTP protocol ``respond serve`` uses
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
-                                lifespan="on", access_log=False)
+                                lifespan="on", access_log=False, proxy_headers=False,
+                                http=CorkedHttpToolsProtocol)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.loop: asyncio.AbstractEventLoop | None = None

@@ -78,11 +78,13 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from respond.app import create_app
+    from respond.http.corking import CorkedHttpToolsProtocol
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = create_app(settings)
     tune_gc()
     # no proxy-headers middleware: nothing in respond depends on the client's address
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                access_log=False, proxy_headers=False, timeout_graceful_shutdown=10)
+                access_log=False, proxy_headers=False, http=CorkedHttpToolsProtocol,
+                timeout_graceful_shutdown=10)
     return 0
