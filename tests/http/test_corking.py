@@ -27,19 +27,32 @@ class RecordingTransport:
         return {"peername": ("127.0.0.1", 1234)}.get(name, default)
 
 
-async def test_writes_of_one_loop_pass_are_joined() -> None:
+async def test_a_write_leaves_with_the_next_one_or_at_the_end_of_the_pass() -> None:
     raw = RecordingTransport()
     corked = CorkedTransport(raw, asyncio.get_running_loop())  # type: ignore[arg-type]
     corked.write(b"HTTP/1.1 200 OK\r\n\r\n")
     corked.write(b"")
+    assert raw.writes == []  # held for the next write
     corked.writelines([b"data: 1\n\n", bytearray(b"data: 2\n\n")])
-    assert raw.writes == []  # held until the loop's next pass
-    await asyncio.sleep(0)
-    assert raw.writes == [b"HTTP/1.1 200 OK\r\n\r\ndata: 1\n\ndata: 2\n\n"]
+    # the headers left with the first event; the second waits for a partner
+    assert raw.writes == [b"HTTP/1.1 200 OK\r\n\r\ndata: 1\n\n"]
+    await asyncio.sleep(0)  # the end of the pass sends it alone
+    assert raw.writes[1:] == [b"data: 2\n\n"]
 
-    corked.write(b"data: 3\n\n")  # a later pass: a write of its own
+    corked.write(b"data: 3\n\n")  # a later pass: held until that pass ends
+    assert raw.writes[2:] == []
     await asyncio.sleep(0)
-    assert raw.writes[1:] == [b"data: 3\n\n"]
+    assert raw.writes[2:] == [b"data: 3\n\n"]
+
+
+async def test_a_burst_of_writes_leaves_in_pairs() -> None:
+    raw = RecordingTransport()
+    corked = CorkedTransport(raw, asyncio.get_running_loop())  # type: ignore[arg-type]
+    for n in range(5):
+        corked.write(b"%d" % n)
+    assert raw.writes == [b"01", b"23"]  # nothing is held past the next write
+    await asyncio.sleep(0)
+    assert raw.writes == [b"01", b"23", b"4"]
 
 
 async def test_close_sends_what_is_held_first_and_nothing_after() -> None:

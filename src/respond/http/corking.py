@@ -1,15 +1,16 @@
-"""Fewer, larger socket writes: uvicorn's HTTP protocol with writes gathered per loop turn.
+"""Fewer socket writes: uvicorn's HTTP protocol with each write held for the next one.
 
 uvicorn writes a response's status line and headers, then every body chunk, each with its
-own ``transport.write`` (one system call each when the socket buffer is empty). Here the
-transport holds what is written during one pass of the event loop and sends it as one write
-at the start of the next pass (``call_soon``): a JSON response leaves in one segment instead
-of two, and SSE events produced back to back (a burst of tokens read in one block from the
-upstream) leave together. Nothing waits longer than the rest of the current loop pass, so a
-token that arrives alone is sent at once.
+own ``transport.write`` (one system call, and one segment for the client to read, each).
+Here a write is held until the next write or the end of the current pass of the event loop,
+whichever comes first, and a held write leaves together with the one that follows it: a JSON
+response leaves in one segment instead of two, and SSE events produced back to back (a burst
+of tokens read in one block from the upstream) leave two by two. Nothing is held past the
+next write, so a burst delays its first token by one event at most, and a token that arrives
+alone is sent at the end of the loop pass that wrote it.
 
 Rules: ``close`` sends what is held before closing; everything else is the real transport's
-(flow control still acts on it: writes reach it one loop pass later).
+(flow control acts on it as before: a held write is at most one chunk).
 """
 
 from __future__ import annotations
@@ -21,32 +22,44 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 
 class CorkedTransport:
-    """A transport whose writes are held until the event loop's next pass, then joined."""
+    """A transport that holds each write until the next one or the loop's next pass."""
 
-    __slots__ = ("_held", "_loop", "_transport")
+    __slots__ = ("_held", "_loop", "_scheduled", "_transport")
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
         self._loop = loop
-        self._held: list[bytes] = []
+        self._held: bytes | None = None
+        self._scheduled = False
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not data:
             return
-        if not self._held:
-            self._loop.call_soon(self.flush)
-        self._held.append(bytes(data))
+        if self._held is None:
+            self._held = bytes(data)
+            if not self._scheduled:
+                self._scheduled = True
+                self._loop.call_soon(self._end_of_pass)
+            return
+        held, self._held = self._held, None
+        self._send(held + bytes(data))
 
     def writelines(self, lines: Any) -> None:
         for data in lines:
             self.write(data)
 
     def flush(self) -> None:
-        if not self._held:
-            return
-        held, self._held = self._held, []
+        if self._held is not None:
+            held, self._held = self._held, None
+            self._send(held)
+
+    def _end_of_pass(self) -> None:
+        self._scheduled = False
+        self.flush()
+
+    def _send(self, data: bytes) -> None:
         if not self._transport.is_closing():
-            self._transport.write(held[0] if len(held) == 1 else b"".join(held))
+            self._transport.write(data)
 
     def close(self) -> None:
         self.flush()
