@@ -53,6 +53,24 @@ async def test_600_turn_chain_loads_with_two_statements(store: SQLiteStore) -> N
         assert len(statements) <= 2, statements
 
 
+async def test_a_chained_turn_reads_only_the_items_not_read_before(store: SQLiteStore) -> None:
+    """Loading turn N caches its items, so loading turn N+1 reads just that turn's new ones,
+    and the context comes out whole and in order either way."""
+    parent = None
+    for n in range(50):
+        parent = await save_turn(store, f"resp_{n:02d}", parent, n_inputs=1 + n % 2)
+    assert parent is not None
+    loaded = await store.load_context(parent.id, NOW)
+    assert loaded is not None and ids(loaded[1]) == parent.context_ids + parent.output_ids
+    held = len(store._cache)
+    assert held == len(parent.context_ids) + 1
+
+    child = await save_turn(store, "resp_50", parent, n_inputs=2)
+    loaded = await store.load_context(child.id, NOW)
+    assert loaded is not None and ids(loaded[1]) == child.context_ids + child.output_ids
+    assert len(store._cache) == held + 3  # the two new inputs and the new output
+
+
 async def test_idle_workers_never_take_the_write_lock(store: SQLiteStore) -> None:
     """claim and reap with nothing to take are one read each: no BEGIN IMMEDIATE that would
     queue behind every writer of every replica, once a second per worker."""

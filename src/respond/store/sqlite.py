@@ -16,6 +16,9 @@ Rules:
   writer meets a held lock before it has changed anything (inline, it moves to the thread;
   there, it waits on the busy timeout) instead of failing on a lock upgrade. A job
   cancelled by its caller still runs to the end: a transaction is never cut in half.
+- A context load takes the items it can from an in-memory ``ItemCache`` (store/cache.py)
+  and reads only the others, usually just the previous turn's: items never change once
+  stored, so the cache can miss but never be wrong.
 - SQL text is constant, so the connection's statement cache prepares each statement once.
   Id lists travel as one JSON array parameter (``json_each(?)``), never as N placeholders.
 - A row is hidden once ``expires_at <= now``. Deleting a response that later rows still
@@ -46,6 +49,7 @@ import orjson
 
 from respond.errors import ServerError
 from respond.store import FilePage, Item, ItemPage, Job, StoredFile, StoredResponse
+from respond.store.cache import ItemCache
 from respond.store.migrations import apply_sqlite
 from respond.store.pages import in_order as _in_order
 from respond.store.pages import page
@@ -362,6 +366,7 @@ class SQLiteStore:
         self._worker = worker
         self.statements = 0
         self._inline = _Db(inline, self)
+        self._cache = ItemCache()  # items read for contexts (store/cache.py)
         self._threaded = None if threaded is None else _Db(threaded, self)
         self._closed = False
         self._checkpoint: asyncio.Task[None] | None = None
@@ -468,13 +473,26 @@ class SQLiteStore:
             return None
         response = _stored_response(response_id, row)
         ids = response.context_ids + response.output_ids
-        return response, self._items_in_order(db, response_id, ids)
+        cached = self._cache.get_many(ids)
+        missing = [item_id for item_id, item in zip(ids, cached, strict=True) if item is None]
+        if len(missing) == len(ids):
+            return response, self._items_in_order(db, response_id, ids, cache=True)
+        if missing:  # usually the last turn's items: the rest was read for an earlier turn
+            read = iter(self._items_in_order(db, response_id, missing, cache=True))
+            by_id = {item["id"]: item for item in read}
+            cached = [by_id.get(item_id) if item is None else item
+                      for item_id, item in zip(ids, cached, strict=True)]
+        return response, [item for item in cached if item is not None]
 
-    def _items_in_order(self, db: _Db, response_id: str, ids: list[str]) -> list[Item]:
+    def _items_in_order(self, db: _Db, response_id: str, ids: list[str], *,
+                        cache: bool = False) -> list[Item]:
         if not ids:
             return []
         (text,) = db.execute(_SELECT_ITEMS_JSON, (orjson.dumps(ids).decode(),)).fetchone()
-        return _in_order(response_id, ids, [] if text is None else orjson.loads(text))
+        items = _in_order(response_id, ids, [] if text is None else orjson.loads(text))
+        if cache and items:
+            self._cache.put_many(items, len(text) // len(items))
+        return items
 
     async def list_input_items(
         self,
