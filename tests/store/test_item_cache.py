@@ -16,14 +16,15 @@ def test_get_many_gives_each_item_or_none_in_order() -> None:
     assert len(cache) == 2 and cache.size == 200
 
 
-def test_the_least_recently_used_go_first_when_full() -> None:
+def test_the_first_held_go_first_when_full() -> None:
     cache = ItemCache(max_bytes=300)
     cache.put_many([item(1), item(2), item(3)], 100)
-    cache.get_many(["msg_1"])  # 1 is now the most recently used
-    cache.put_many([item(4)], 100)
-    assert cache.get_many(["msg_1", "msg_2", "msg_3", "msg_4"]) == [item(1), None, item(3),
-                                                                    item(4)]
-    assert cache.size == 300
+    cache.put_many([item(4), item(5)], 100)
+    assert cache.get_many(["msg_1", "msg_2", "msg_3", "msg_4", "msg_5"]) == [
+        None, None, item(3), item(4), item(5)]
+    assert cache.size == 300 and len(cache) == 3
+    cache.put_many([item(1)], 100)  # an evicted item read again is held again
+    assert cache.get_many(["msg_1", "msg_3"]) == [item(1), None]
 
 
 def test_items_larger_than_the_cache_and_repeats_are_not_held() -> None:

@@ -126,7 +126,11 @@ class MediaResolver:
             if item.get("type") != "message" or item.get("role") == "assistant":
                 continue
             for index, part in enumerate(item.get("content") or ()):
-                kind = part.get("type") if isinstance(part, dict) else None
+                if not isinstance(part, dict):
+                    continue
+                kind = part.get("type")
+                if kind == "input_text":  # by far the most common part: nothing to resolve
+                    continue
                 if kind == "input_image" and vision:
                     place = _Place(params.get(item["id"]), index)
                     media[(item["id"], index)] = await self._image(part, place)

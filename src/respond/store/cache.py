@@ -6,8 +6,9 @@ It serves only context loads, whose ids come from a live response row read in th
 (a deleted item is never asked for); lookups that decide whether an item exists at all
 (``get_items``) go to the database.
 
-Rules: bounded by the JSON size of what it holds (least recently used first out); items are
-shared between the callers that read them, which must not mutate them; safe to use from
+Rules: bounded by the JSON size of what it holds, the first held going first (a hit does
+not reorder: lookups stay one dictionary probe per id, and an evicted item that is still
+needed is simply read and held again); items are shared between the callers that read them, which must not mutate them; safe to use from
 several threads (a store may run a job on its own thread).
 """
 
@@ -25,7 +26,8 @@ DEFAULT_MAX_BYTES = 64 * 2**20
 class ItemCache:
     def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.max_bytes = max_bytes
-        self._items: OrderedDict[str, tuple[Item, int]] = OrderedDict()
+        self._items: dict[str, Item] = {}
+        self._sizes: OrderedDict[str, int] = OrderedDict()  # in the order they were put
         self._bytes = 0
         self._lock = threading.Lock()
 
@@ -38,18 +40,10 @@ class ItemCache:
         return self._bytes
 
     def get_many(self, ids: Iterable[str]) -> list[Item | None]:
-        """The cached item for each id (None where it is not held), marked as recently used."""
-        items = self._items
-        found: list[Item | None] = []
+        """The cached item for each id, None where it is not held."""
+        get = self._items.get
         with self._lock:
-            for item_id in ids:
-                entry = items.get(item_id)
-                if entry is None:
-                    found.append(None)
-                else:
-                    items.move_to_end(item_id)
-                    found.append(entry[0])
-        return found
+            return [get(item_id) for item_id in ids]
 
     def put_many(self, items: Iterable[Item], size_each: int) -> None:
         """Hold ``items`` (as read from the store), each counted as ``size_each`` bytes."""
@@ -60,8 +54,10 @@ class ItemCache:
                 item_id = item.get("id")
                 if not isinstance(item_id, str) or item_id in self._items:
                     continue
-                self._items[item_id] = (item, size_each)
+                self._items[item_id] = item
+                self._sizes[item_id] = size_each
                 self._bytes += size_each
             while self._bytes > self.max_bytes:
-                _, (_, size) = self._items.popitem(last=False)
+                oldest, size = self._sizes.popitem(last=False)
+                del self._items[oldest]
                 self._bytes -= size
