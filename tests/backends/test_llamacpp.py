@@ -13,6 +13,7 @@ import pytest_asyncio
 
 from respond.backends import Backend
 from respond.backends.llamacpp import LlamaCppBackend, bundled_model_path
+from respond.backends.toolcalls import CallPlan, tool_instructions
 from respond.domain import Delta, Finish, Generation, TextDelta
 from respond.errors import BackendError, ContextOverflow, InvalidRequest
 from respond.settings import ConfigError, LlamaCppModel
@@ -22,6 +23,10 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 CONTEXT = 1024
 HELLO = [{"role": "user", "content": "Say hello to Ada in one short sentence."}]
 STORY = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Get the current weather for a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                   "required": ["city"], "additionalProperties": False}}}
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -99,6 +104,38 @@ async def test_count_tokens_equals_what_the_engine_bills(backend: LlamaCppBacken
     deltas = await collect(backend, Generation(messages, max_output_tokens=1))
     usage = finish_of(deltas).usage
     assert usage is not None and counted == usage.input_tokens
+
+
+async def test_count_tokens_with_tools_counts_the_tool_block_too(
+        backend: LlamaCppBackend) -> None:
+    messages = [{"role": "system", "content": "You are terse."},
+                {"role": "user", "content": "Weather in Paris?"}]
+
+    def spelled_out(tool_choice: object) -> list[dict[str, str]]:
+        """The messages with the tool block written into the system message by hand."""
+        plan = CallPlan.of([WEATHER], tool_choice, None)
+        assert plan is not None
+        return [{"role": "system", "content": f"You are terse.\n\n{tool_instructions(plan)}"},
+                messages[1]]
+
+    bare = await backend.count_tokens(messages)
+    counted = await backend.count_tokens(messages, tools=[WEATHER])
+    assert bare is not None and counted is not None
+    assert counted == await backend.count_tokens(spelled_out(None))
+    block = spelled_out(None)[0]["content"].removeprefix("You are terse.")
+    assert len(block) / 6 < counted - bare < len(block) / 2  # a few characters a token
+
+    # it is what the engine bills for a generation offered the tool
+    deltas = await collect(backend, Generation(messages, max_output_tokens=1, tools=[WEATHER]))
+    usage = finish_of(deltas).usage
+    assert usage is not None and counted == usage.input_tokens
+
+    # tool_choice counts as generate renders it: "none" offers nothing; the block's last
+    # line differs when a call is required or forced
+    assert await backend.count_tokens(messages, tools=[WEATHER], tool_choice="none") == bare
+    for choice in ("required", {"type": "function", "function": {"name": "get_weather"}}):
+        assert await backend.count_tokens(messages, tools=[WEATHER], tool_choice=choice) \
+            == await backend.count_tokens(spelled_out(choice))
 
 
 async def test_an_over_long_prompt_raises_context_overflow(backend: LlamaCppBackend) -> None:

@@ -77,6 +77,8 @@ async def test_is_a_backend_with_the_configured_capabilities(upstream: UpstreamS
         assert backend.vision is True
         assert backend.context_window == 4096
         assert await backend.count_tokens(HELLO.messages) is None
+        tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
+        assert await backend.count_tokens(HELLO.messages, tools=tools, tool_choice="auto") is None
     finally:
         await backend.aclose()
 

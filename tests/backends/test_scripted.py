@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 
 import pytest
@@ -116,6 +117,17 @@ async def test_count_tokens_grows_with_the_text() -> None:
     assert await backend.count_tokens(longer) == 120 // 4 + 8
     assert await backend.count_tokens([{"role": "assistant", "content": None}]) == 4
     assert (backend.vision, backend.context_window) == (True, 512)
+
+
+async def test_count_tokens_grows_with_the_tools_offered() -> None:
+    backend = ScriptedBackend([[]])
+    messages = [{"role": "user", "content": "x" * 40}]
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+
+    assert await backend.count_tokens(messages, tools=tools) == \
+        (40 + len(json.dumps(tools))) // 4 + 4
+    assert await backend.count_tokens(messages, tools=tools, tool_choice="none") == 40 // 4 + 4
+    assert await backend.count_tokens(messages, tools=[]) == 40 // 4 + 4
 
 
 def test_needs_a_turn() -> None:

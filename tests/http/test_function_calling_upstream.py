@@ -183,3 +183,104 @@ def test_response_format_reaches_the_upstream(client: openai.OpenAI,
     upstream.reset()
     client.responses.create(model=UP, input="plain", text={"format": {"type": "text"}})
     assert "response_format" not in sent(upstream)
+
+
+# -- references inside schemas ----------------------------------------------------------------
+
+# local references of every kind that resolve: nested $defs, the escapes ~1 ("/") and ~0 ("~")
+# of JSON pointers, draft-7 definitions, recursion through a definition and through the root
+RESOLVING = {
+    "type": "object",
+    "properties": {
+        "person": {"$ref": "#/$defs/person"},
+        "address": {"$ref": "#/$defs/places/$defs/address"},
+        "ratio": {"$ref": "#/$defs/a~1b"},
+        "flag": {"$ref": "#/definitions/c~0d"},
+        "tree": {"$ref": "#/$defs/node"},
+        "again": {"anyOf": [{"$ref": "#"}, {"type": "null"}]},
+    },
+    "$defs": {
+        "person": {"type": "object", "properties": {"name": {"type": "string"}}},
+        "places": {"$defs": {"address": {"type": "string"}}},
+        "a/b": {"type": "number"},
+        "node": {"type": "object", "properties": {
+            "children": {"type": "array", "items": {"$ref": "#/$defs/node"}}}},
+    },
+    "definitions": {"c~d": {"type": "boolean"}},
+}
+
+
+def test_schemas_whose_references_resolve_reach_the_upstream_unchanged(
+        client: openai.OpenAI, upstream: UpstreamServer) -> None:
+    arguments = {"person": {"name": "Ada"}, "tree": {"children": [{"children": []}]}}
+    upstream.configure(tool_calls=[{"name": "save", "arguments": arguments}], tokens=0)
+    response = client.responses.create(
+        model=UP, input="Save Ada.",
+        tools=[{"type": "function", "name": "save", "parameters": RESOLVING, "strict": False}])
+    assert sent(upstream)["tools"][0]["function"]["parameters"] == RESOLVING
+    [call] = response.output
+    assert call.type == "function_call" and json.loads(call.arguments) == arguments
+
+    upstream.reset()
+    upstream.configure(reply='{"flag": true}')
+    response = client.responses.create(
+        model=UP, input="A flag.",
+        text={"format": {"type": "json_schema", "name": "refs", "schema": RESOLVING}})
+    assert sent(upstream)["response_format"]["json_schema"]["schema"] == RESOLVING
+    assert json.loads(response.output_text) == {"flag": True}
+
+
+def with_ref(ref: str) -> dict[str, Any]:
+    return {"type": "object", "properties": {"city": {"type": "string"},
+                                             "person": {"$ref": ref}},
+            "$defs": {"person": {"type": "object"}, "a/b": {"type": "number"}},
+            "definitions": {"c~d": {"type": "boolean"}}}
+
+
+@pytest.mark.parametrize(("schema", "where", "ref"), [
+    pytest.param(with_ref("#/$defs/Person"), "properties/person", "#/$defs/Person",
+                 id="no-such-def"),
+    pytest.param(with_ref("#/definitions/person"), "properties/person", "#/definitions/person",
+                 id="no-such-definition"),
+    pytest.param(with_ref("#/$defs/a/b"), "properties/person", "#/$defs/a/b",
+                 id="slash-not-escaped"),
+    pytest.param(with_ref("#/definitions/c~1d"), "properties/person", "#/definitions/c~1d",
+                 id="wrong-escape"),
+    pytest.param(with_ref("#person"), "properties/person", "#person", id="no-such-anchor"),
+    pytest.param(with_ref("#/properties/city/type"), "properties/person",
+                 "#/properties/city/type", id="not-a-schema"),
+    pytest.param({"type": "array", "items": {"$ref": "#/$defs/item"},
+                  "$defs": {"item": {"anyOf": [{"$ref": "#/$defs/missing"}, {"type": "null"}]}}},
+                 "$defs/item/anyOf/0", "#/$defs/missing", id="nested"),
+    pytest.param({"$ref": "#/$defs/root"}, "", "#/$defs/root", id="at-the-root"),
+    pytest.param(with_ref("https://example.com/schemas/person.json"), "properties/person",
+                 "https://example.com/schemas/person.json", id="remote"),
+    pytest.param(with_ref("person.json#/$defs/person"), "properties/person",
+                 "person.json#/$defs/person", id="other-document"),
+])
+def test_references_that_do_not_resolve_are_400s_naming_the_schema(
+        client: openai.OpenAI, upstream: UpstreamServer, schema: dict[str, Any], where: str,
+        ref: str) -> None:
+    refused = [
+        (lambda: client.responses.create(
+            model=UP, input="hi",
+            tools=[WEATHER, {"type": "function", "name": "f", "parameters": schema}]),
+         "tools[1].parameters"),
+        (lambda: client.responses.create(
+            model=UP, input="hi",
+            text={"format": {"type": "json_schema", "name": "x", "schema": schema}}),
+         "text.format.schema"),
+    ]
+    for create, param in refused:
+        with pytest.raises(openai.BadRequestError) as caught:
+            create()
+        error = caught.value.response.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"}
+        assert error["type"] == "invalid_request_error"
+        assert error["param"] == param and error["code"] == "invalid_value"
+        assert error["message"].startswith(f"Invalid schema for '{param}'")
+        assert f"reference '{ref}'" in error["message"]
+        assert (f" at '{where}':" in error["message"]) == bool(where)
+        if not ref.startswith("#"):
+            assert "never fetched" in error["message"]
+    assert upstream.requests == []  # refused before anything was sent

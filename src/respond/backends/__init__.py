@@ -7,7 +7,7 @@ own, SQL or the environment. It imports only ``domain``, ``errors`` and ``settin
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from respond.domain import ChatMessage, Delta, Generation
 
@@ -31,8 +31,16 @@ class Backend(Protocol):
 
     def generate(self, request: Generation) -> AsyncIterator[Delta]: ...
 
-    async def count_tokens(self, messages: list[ChatMessage]) -> int | None:
-        """Prompt tokens for these messages, or None when the engine cannot tell."""
+    async def count_tokens(
+        self,
+        messages: list[ChatMessage],
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: Any = None,
+    ) -> int | None:
+        """Prompt tokens for these messages, with ``tools`` offered under ``tool_choice``
+        (Chat Completions shapes, as in ``Generation``), or None when the engine cannot tell.
+        """
         ...
 
     async def aclose(self) -> None: ...

@@ -319,10 +319,7 @@ class LlamaCppBackend:
             self._stops.discard(stop)
 
     def _body(self, request: Generation, plan: CallPlan | None) -> dict[str, Any]:
-        messages = request.messages
-        if plan is not None or needs_rendering(messages):
-            messages = render_messages(messages, plan, result_role=self._result_role)
-        body: dict[str, Any] = {"messages": messages}
+        body: dict[str, Any] = {"messages": self._prompt_messages(request.messages, plan)}
         if request.max_output_tokens is not None:
             body["max_tokens"] = request.max_output_tokens
         for name in _PASSTHROUGH:
@@ -342,18 +339,34 @@ class LlamaCppBackend:
         body["stream_options"] = {"include_usage": True}
         return body
 
+    def _prompt_messages(self, messages: list[ChatMessage],
+                         plan: CallPlan | None) -> list[ChatMessage]:
+        """The messages the chat template gets: the tool block in the system message, calls
+        and results in the text form (see ``toolcalls``)."""
+        if plan is None and not needs_rendering(messages):
+            return messages
+        return render_messages(messages, plan, result_role=self._result_role)
+
     def _require_running(self) -> None:
         if self._closed or self._server is None:
             raise BackendError("The model backend is not running.")
 
     # ------------------------------------------------------------------ counting
 
-    async def count_tokens(self, messages: list[ChatMessage]) -> int | None:
-        """The exact prompt size: llama.cpp's chat template, then its tokenizer."""
+    async def count_tokens(
+        self,
+        messages: list[ChatMessage],
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: Any = None,
+    ) -> int | None:
+        """The exact prompt size of ``generate``: the same messages (with the tool block
+        when ``tools`` are offered), llama.cpp's chat template, then its tokenizer."""
         self._require_running()
-        if needs_rendering(messages):
-            messages = render_messages(messages, None, result_role=self._result_role)
-        template = await self._post_json("/apply-template", {"messages": messages})
+        plan = CallPlan.of(tools, tool_choice, None)
+        template = await self._post_json(
+            "/apply-template", {"messages": self._prompt_messages(messages, plan)}
+        )
         # the engine tokenizes a chat prompt with special tokens added and parsed
         tokens = await self._post_json(
             "/tokenize",

@@ -159,7 +159,13 @@ class OpenAICompatBackend:
         # yielded after the response is released, so its connection is back in the pool
         yield reader.finish()
 
-    async def count_tokens(self, messages: list[ChatMessage]) -> int | None:
+    async def count_tokens(
+        self,
+        messages: list[ChatMessage],
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: Any = None,
+    ) -> int | None:
         # Chat Completions has no tokenizer endpoint; a guess here would mislead truncation.
         return None
 

@@ -8,7 +8,9 @@ asked so a test can check it. It honours the ``Backend`` contract: deltas, then 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncGenerator, Sequence
+from typing import Any
 
 from respond.domain import ChatMessage, Delta, Finish, Generation, Usage
 
@@ -67,12 +69,22 @@ class ScriptedBackend:
             self.cancelled = True
             raise
 
-    async def count_tokens(self, messages: list[ChatMessage]) -> int | None:
-        """A deterministic estimate: a token per 4 characters of content, plus 4 per message.
+    async def count_tokens(
+        self,
+        messages: list[ChatMessage],
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: Any = None,
+    ) -> int | None:
+        """A deterministic estimate: a token per 4 characters of content, plus 4 per message,
+        plus a token per 4 characters of the tools' JSON when they are offered.
 
         Not any real tokenizer; it only needs to grow with the text, for truncation tests.
         """
-        return sum(len(str(m.get("content") or "")) for m in messages) // 4 + 4 * len(messages)
+        characters = sum(len(str(m.get("content") or "")) for m in messages)
+        if tools and tool_choice != "none":
+            characters += len(json.dumps(tools))
+        return characters // 4 + 4 * len(messages)
 
     async def aclose(self) -> None:
         self.closed = True
