@@ -1,4 +1,4 @@
-"""CorkedTransport: writes made during one pass of the event loop leave as one write."""
+"""CorkedTransport: a response's header block leaves with its first body write."""
 
 from __future__ import annotations
 
@@ -27,43 +27,43 @@ class RecordingTransport:
         return {"peername": ("127.0.0.1", 1234)}.get(name, default)
 
 
-async def test_a_write_leaves_with_the_next_one_or_at_the_end_of_the_pass() -> None:
+async def test_headers_leave_with_the_first_body_write() -> None:
     raw = RecordingTransport()
     corked = CorkedTransport(raw, asyncio.get_running_loop())  # type: ignore[arg-type]
     corked.write(b"HTTP/1.1 200 OK\r\n\r\n")
     corked.write(b"")
-    assert raw.writes == []  # held for the next write
-    corked.writelines([b"data: 1\n\n", bytearray(b"data: 2\n\n")])
-    # the headers left with the first event; the second waits for a partner
-    assert raw.writes == [b"HTTP/1.1 200 OK\r\n\r\ndata: 1\n\n"]
-    await asyncio.sleep(0)  # the end of the pass sends it alone
-    assert raw.writes[1:] == [b"data: 2\n\n"]
-
-    corked.write(b"data: 3\n\n")  # a later pass: held until that pass ends
-    assert raw.writes[2:] == []
-    await asyncio.sleep(0)
-    assert raw.writes[2:] == [b"data: 3\n\n"]
+    assert raw.writes == []  # held for the body
+    corked.writelines([b'{"id": 1}', bytearray(b"more")])
+    # the headers left with the first body write; the next one went out at once
+    assert raw.writes == [b'HTTP/1.1 200 OK\r\n\r\n{"id": 1}', b"more"]
 
 
-async def test_a_burst_of_writes_leaves_in_pairs() -> None:
+async def test_body_writes_are_never_held() -> None:
     raw = RecordingTransport()
     corked = CorkedTransport(raw, asyncio.get_running_loop())  # type: ignore[arg-type]
-    for n in range(5):
-        corked.write(b"%d" % n)
-    assert raw.writes == [b"01", b"23"]  # nothing is held past the next write
+    for n in range(3):
+        corked.write(b"data: %d\n\n" % n)
+    assert raw.writes == [b"data: 0\n\n", b"data: 1\n\n", b"data: 2\n\n"]
+
+
+async def test_headers_alone_leave_at_the_end_of_the_loop_pass() -> None:
+    raw = RecordingTransport()
+    corked = CorkedTransport(raw, asyncio.get_running_loop())  # type: ignore[arg-type]
+    corked.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n")
+    assert raw.writes == []
     await asyncio.sleep(0)
-    assert raw.writes == [b"01", b"23", b"4"]
+    assert raw.writes == [b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n"]
 
 
 async def test_close_sends_what_is_held_first_and_nothing_after() -> None:
     raw = RecordingTransport()
     corked = CorkedTransport(raw, asyncio.get_running_loop())  # type: ignore[arg-type]
-    corked.write(b"last words")
+    corked.write(b"HTTP/1.1 204 No Content\r\n\r\n")
     corked.close()
-    assert raw.writes == [b"last words"] and raw.closed
+    assert raw.writes == [b"HTTP/1.1 204 No Content\r\n\r\n"] and raw.closed
     corked.write(b"too late")
-    await asyncio.sleep(0)  # the scheduled flush finds the transport closing
-    assert raw.writes == [b"last words"]
+    await asyncio.sleep(0)  # a write after close goes nowhere
+    assert raw.writes == [b"HTTP/1.1 204 No Content\r\n\r\n"]
 
 
 async def test_everything_else_is_the_real_transport() -> None:

@@ -1,16 +1,16 @@
-"""Fewer socket writes: uvicorn's HTTP protocol with each write held for the next one.
+"""One socket write per small response: uvicorn's HTTP protocol with the header block held
+for the body that follows it.
 
-uvicorn writes a response's status line and headers, then every body chunk, each with its
-own ``transport.write`` (one system call, and one segment for the client to read, each).
-Here a write is held until the next write or the end of the current pass of the event loop,
-whichever comes first, and a held write leaves together with the one that follows it: a JSON
-response leaves in one segment instead of two, and SSE events produced back to back (a burst
-of tokens read in one block from the upstream) leave two by two. Nothing is held past the
-next write, so a burst delays its first token by one event at most, and a token that arrives
-alone is sent at the end of the loop pass that wrote it.
+uvicorn writes a response's status line and headers, then each body chunk, each with its own
+``transport.write``: one system call, and one segment for the client to read, each. Here a
+write that starts a response (``HTTP/1.1 ...``) is held until the next write, or the end of
+the current pass of the event loop, and leaves together with it: a JSON response goes out as
+one segment instead of two, and a stream's headers go out with its first event. Every other
+write goes out at once, so no event of a stream waits for anything (a token arriving alone
+costs no extra pass of the loop either).
 
 Rules: ``close`` sends what is held before closing; everything else is the real transport's
-(flow control acts on it as before: a held write is at most one chunk).
+(flow control acts on it as before: what is held is one header block at most).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 
 class CorkedTransport:
-    """A transport that holds each write until the next one or the loop's next pass."""
+    """A transport that holds a header block until the next write or the loop's next pass."""
 
     __slots__ = ("_held", "_loop", "_scheduled", "_transport")
 
@@ -35,14 +35,16 @@ class CorkedTransport:
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not data:
             return
-        if self._held is None:
+        if self._held is not None:
+            held, self._held = self._held, None
+            self._send(held + bytes(data))
+        elif data[:5] == b"HTTP/":  # a status line and headers: wait for the body
             self._held = bytes(data)
             if not self._scheduled:
                 self._scheduled = True
                 self._loop.call_soon(self._end_of_pass)
-            return
-        held, self._held = self._held, None
-        self._send(held + bytes(data))
+        else:
+            self._send(data)  # type: ignore[arg-type]
 
     def writelines(self, lines: Any) -> None:
         for data in lines:
