@@ -102,6 +102,13 @@ class InProcessServer:
             if time.monotonic() > deadline:
                 raise harness.Unavailable("in-process respond did not start within 60 s")
             time.sleep(0.02)
+        # the retention purge runs once at start-up (then hourly): let it finish, so that its
+        # store calls are not counted as part of a turn
+        while self.counting is None or not self.counting.calls["purge_files"]:
+            if time.monotonic() > deadline:
+                raise harness.Unavailable("in-process respond did not run its start-up purge")
+            time.sleep(0.02)
+        time.sleep(0.1)
         return self
 
     def stop(self) -> None:
