@@ -71,6 +71,32 @@ async def test_round_trips_stay_constant_with_depth(pg: PostgresBackend) -> None
         assert len(queries) == 1 + 2, queries
 
 
+async def test_a_context_this_process_holds_is_loaded_as_the_row_alone(
+        pg: PostgresBackend) -> None:
+    writer = await pg.open_with(min_size=1, max_size=1)
+    parent = None
+    for n in range(20):
+        parent = await save_turn(writer, f"resp_{n:02d}", parent, n_inputs=1 + n % 2)
+    assert parent is not None
+    queries = await logged_queries(writer)
+    loaded = await writer.load_context(parent.id, NOW)
+    assert loaded is not None and ids(loaded[1]) == parent.context_ids + parent.output_ids
+    assert len(queries) == 1 and "items" not in queries[0], queries
+
+    # another replica has none of it in memory: one round trip that brings the items, and
+    # the next load of the same context is the row alone there too
+    replica = await pg.open_with(min_size=1, max_size=1)
+    queries = await logged_queries(replica)
+    for _ in range(2):
+        loaded = await replica.load_context(parent.id, NOW)
+        assert loaded is not None and ids(loaded[1]) == parent.context_ids + parent.output_ids
+    assert len(queries) == 2 and "items" in queries[0] and "items" not in queries[1], queries
+
+    # a deleted response is not served from memory
+    assert await writer.delete_response(parent.id, NOW)
+    assert await writer.load_context(parent.id, NOW) is None
+
+
 async def test_background_calls_are_one_round_trip_each(pg: PostgresBackend) -> None:
     store = await pg.open_with(min_size=1, max_size=1)
     queries = await logged_queries(store)

@@ -3,7 +3,9 @@
 Rules:
 - Round trips are the cost: every hot method is one statement (a write and the items it
   brings are one statement of data-modifying CTEs, which is atomic on its own), so saving
-  a response or loading a context of any depth is one round trip. Multi-statement work
+  a response or loading a context of any depth is one round trip. Items never change once
+  stored, so the items this process stored or read stay in an ``ItemCache`` (bounded); a
+  context whose every item it holds is loaded as the response row alone. Multi-statement work
   (deleting) runs in an explicit transaction. Pooled connections are not reset on release
   (no extra round trip): this store never leaves session state behind.
 - Documents are ``json`` (exact text), id lists ``text[]``; see migrations/postgresql/0001.
@@ -26,6 +28,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
@@ -35,6 +38,7 @@ import orjson
 
 from respond.errors import ServerError
 from respond.store import FilePage, Item, ItemPage, Job, StoredFile, StoredResponse
+from respond.store.cache import ItemCache
 from respond.store.migrations import apply_postgresql, quote_identifier
 from respond.store.pages import in_order, page
 from respond.store.wakeups import Wakeups
@@ -42,6 +46,7 @@ from respond.store.wakeups import Wakeups
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0  # the longest a lost notification can delay a waiter
+WHOLE_CONTEXTS = 4096  # responses remembered as held whole in the item cache
 KEEPALIVE_SECONDS = 10.0  # how often the listening connection proves it is alive
 RECONNECT_MIN_SECONDS = 0.25
 RECONNECT_MAX_SECONDS = 5.0
@@ -302,6 +307,9 @@ class PostgresStore:
         self._pool = pool
         self._closed = False
         self.statements = 0
+        # items by id (store/cache.py), and the responses whose every item it holds
+        self._cache = ItemCache()
+        self._whole: OrderedDict[str, None] = OrderedDict()
         self._jobs_channel, self._events_channel = channels
         self._wakeups = Wakeups(self._probe, POLL_SECONDS)
         self._listener = _Listener(connect, {
@@ -389,7 +397,20 @@ class PostgresStore:
     # -- Store ---------------------------------------------------------------------------------
 
     async def save_response(self, response: StoredResponse, new_items: list[Item]) -> None:
-        await self._fetchval(_SAVE, *_response_args(response, new_items))
+        args = _response_args(response, new_items)
+        await self._fetchval(_SAVE, *args)
+        self._note_saved(response, args[-1])
+
+    def _note_saved(self, response: StoredResponse, item_texts: list[str]) -> None:
+        """Hold the items just stored (parsed from the stored text: never the caller's own
+        objects), and remember the response as whole when every item it lists is held."""
+        for text in item_texts:
+            self._cache.put_many([orjson.loads(text)], len(text))
+        ids = response.context_ids + response.output_ids
+        if all(item is not None for item in self._cache.get_many(ids)):
+            self._whole[response.id] = None
+            if len(self._whole) > WHOLE_CONTEXTS:
+                self._whole.popitem(last=False)
 
     async def get_response(self, response_id: str, now: int) -> StoredResponse | None:
         row = await self._fetchrow(_SELECT_RESPONSE, response_id, now)
@@ -404,12 +425,34 @@ class PostgresStore:
     async def load_context(
         self, response_id: str, now: int
     ) -> tuple[StoredResponse, list[Item]] | None:
-        row = await self._fetchrow(_LOAD_CONTEXT, response_id, now)
+        if response_id not in self._whole:
+            row = await self._fetchrow(_LOAD_CONTEXT, response_id, now)
+            if row is None:
+                return None
+            response = _stored_response(response_id, row)
+            ids = response.context_ids + response.output_ids
+            items = in_order(response_id, ids, _json_list(row[6]))
+            if items and len(items) == len(ids):
+                self._cache.put_many(items, len(row[6]) // len(items))
+                self._whole[response_id] = None
+            return response, items
+        # this process stored or read the whole context: the row alone, items from memory
+        row = await self._fetchrow(_SELECT_RESPONSE, response_id, now)
         if row is None:
             return None
         response = _stored_response(response_id, row)
         ids = response.context_ids + response.output_ids
-        return response, in_order(response_id, ids, _json_list(row[6]))
+        cached = self._cache.get_many(ids)
+        missing = [item_id for item_id, item in zip(ids, cached, strict=True) if item is None]
+        if not missing:
+            return response, cached  # type: ignore[return-value]
+        # some were evicted since: read those (a second round trip, rare)
+        read = {item["id"]: item for item in in_order(
+            response_id, missing, _json_list(await self._fetchval(_SELECT_ITEMS_IN_ORDER,
+                                                                  missing)))}
+        whole = [read.get(item_id) if item is None else item
+                 for item_id, item in zip(ids, cached, strict=True)]
+        return response, [item for item in whole if item is not None]
 
     async def list_input_items(
         self,
