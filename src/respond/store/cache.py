@@ -20,7 +20,8 @@ from collections.abc import Iterable
 
 from respond.store import Item
 
-DEFAULT_MAX_BYTES = 64 * 2**20
+# counted in JSON bytes; as Python objects the items take a few times that in memory
+DEFAULT_MAX_BYTES = 16 * 2**20
 
 
 class ItemCache:
