@@ -140,6 +140,14 @@ def run_gateway(plan: Plan, args: argparse.Namespace, out: dict[str, Any]) -> li
                 rows.append(Row("gateway", f"{label} c={level} load generator CPU/request",
                                 r["client_cpu_ms_per_request"], d["client_cpu_ms_per_request"],
                                 "ms", note="the client shares the cores with both servers"))
+                ceiling = _zero_cost_ceiling(r, d)
+                if ceiling is not None:
+                    rows.append(Row(
+                        "gateway", f"{label} c={level} ceiling of a zero-cost gateway",
+                        ceiling, d["rps"], "req/s",
+                        note="cores / (load generator CPU per request through respond + "
+                             "upstream CPU per request): what a gateway spending no CPU "
+                             "could reach on these cores"))
     if "profile" in out and "top_cumulative" in out["profile"]:
         top = out["profile"]["self_by_package"][:6]
         rows.append(Row("gateway", "profile (py-spy, non-stream c=16)",
@@ -147,6 +155,20 @@ def run_gateway(plan: Plan, args: argparse.Namespace, out: dict[str, Any]) -> li
                         + ", ".join(f"{t['package']} {t['share']:.0%}" for t in top)
                         + f" (details: {out['profile']['raw_file']}, JSON 'profile')"))
     return rows
+
+
+def _zero_cost_ceiling(r: dict[str, Any], d: dict[str, Any]) -> float | None:
+    """Requests/s a gateway that spent nothing could reach with this load generator and this
+    upstream sharing the machine's cores (both CPU-bound, scheduling perfect)."""
+    per_request = (r.get("client_cpu_ms_per_request") or 0) + \
+        (d.get("upstream_cpu_ms_per_request") or 0)
+    if per_request <= 0:
+        return None
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return float(round(cores * 1000 / per_request))
 
 
 def run_chain(plan: Plan, args: argparse.Namespace, out: dict[str, Any]) -> list[Row]:
