@@ -348,37 +348,36 @@ async def test_shared_session_is_left_open(upstream: UpstreamServer) -> None:
             assert answer.status == 200
 
 
+def hi() -> bytes:
+    """A whole stream answering "Hi"."""
+    return (f"data: {chunk({'content': 'Hi'})}\n\ndata: {chunk({}, 'stop')}\n\n"
+            "data: [DONE]\n\n").encode()
+
+
+async def answer_three_times(raw: RawUpstream) -> None:
+    """Three generations in a row from one backend, each answered "Hi"."""
+    backend = OpenAICompatBackend(OpenAIModel(backend="openai", base_url=raw.base_url), "m")
+    try:
+        for _ in range(3):
+            deltas = await collect(backend.generate(HELLO))
+            assert deltas[0] == TextDelta("Hi")
+    finally:
+        await backend.aclose()
+
+
 async def test_idle_connection_closed_by_the_upstream_is_not_an_error() -> None:
     """A server that closes each connection after answering (as one whose keep-alive ran
     out would): the next request goes out on a new connection, not a dead one."""
-    body = (f"data: {chunk({'content': 'Hi'})}\n\ndata: {chunk({}, 'stop')}\n\n"
-            "data: [DONE]\n\n").encode()
-    async with RawUpstream([body], close=True) as raw:
-        config = OpenAIModel(backend="openai", base_url=raw.base_url)
-        backend = OpenAICompatBackend(config, "m")
-        try:
-            for _ in range(3):
-                deltas = await collect(backend.generate(HELLO))
-                assert deltas[0] == TextDelta("Hi")
-        finally:
-            await backend.aclose()
+    async with RawUpstream([hi()], close=True) as raw:
+        await answer_three_times(raw)
         assert raw.connections == 3
 
 
 async def test_request_on_a_connection_the_upstream_just_dropped_is_sent_again() -> None:
     """The race a keep-alive pool cannot rule out: the upstream closes a pooled connection
     just as a request goes out on it. The request is sent again on a new connection."""
-    body = (f"data: {chunk({'content': 'Hi'})}\n\ndata: {chunk({}, 'stop')}\n\n"
-            "data: [DONE]\n\n").encode()
-    async with RawUpstream([body], answers_per_connection=1) as raw:
-        config = OpenAIModel(backend="openai", base_url=raw.base_url)
-        backend = OpenAICompatBackend(config, "m")
-        try:
-            for _ in range(3):
-                deltas = await collect(backend.generate(HELLO))
-                assert deltas[0] == TextDelta("Hi")
-        finally:
-            await backend.aclose()
+    async with RawUpstream([hi()], answers_per_connection=1) as raw:
+        await answer_three_times(raw)
         assert raw.dropped == 2  # the 2nd and 3rd requests each met a dropped connection
         assert raw.connections == 3  # each retry opened a new one
 
