@@ -6,9 +6,11 @@ import argparse
 import gc
 import ipaddress
 import logging
+import os
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 from respond.settings import ConfigError, load_settings
 
@@ -54,7 +56,27 @@ def _parser() -> argparse.ArgumentParser:
                        help="allow a non-loopback address with no API keys configured")
     serve.add_argument("--log-level", default="info",
                        choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--workers", type=int, default=1,
+                       help="server processes sharing the port (default 1); more than one "
+                            "needs every model on an upstream backend")
     return parser
+
+
+# how ``respond serve --workers N`` tells its worker processes what to load
+_WORKER_CONFIG = "RESPOND_SERVE_CONFIG"
+_WORKER_DATA_DIR = "RESPOND_SERVE_DATA_DIR"
+
+
+def worker_app() -> Any:
+    """The app of one worker process of ``respond serve --workers N`` (a uvicorn factory)."""
+    from respond.app import create_app
+
+    config = os.environ.get(_WORKER_CONFIG)
+    settings = load_settings(Path(config) if config else None,
+                             Path(os.environ[_WORKER_DATA_DIR]))
+    app = create_app(settings)
+    tune_gc()
+    return app
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,16 +97,42 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
 
+    if args.workers < 1:
+        print("respond: --workers must be at least 1.", file=sys.stderr)
+        return 2
+    embedded = sorted(name for name, model in settings.model_configs().items()
+                      if model.backend == "llamacpp")
+    if args.workers > 1 and embedded:
+        print(
+            f"respond: --workers {args.workers} needs every model on an upstream backend: "
+            f"each worker process would load its own copy of the embedded model(s) "
+            f"{', '.join(embedded)} and they would fight over the same cores. Serve embedded "
+            "models with one worker (it runs generations in parallel slots).",
+            file=sys.stderr,
+        )
+        return 2
+
     import uvicorn
 
     from respond.app import create_app
     from respond.http.corking import CorkedHttpToolsProtocol
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # no proxy-headers middleware: nothing in respond depends on the client's address
+    options: dict[str, Any] = {
+        "host": args.host, "port": args.port, "log_level": args.log_level,
+        "access_log": False, "proxy_headers": False, "http": CorkedHttpToolsProtocol,
+        "timeout_graceful_shutdown": 10,
+    }
+    if args.workers > 1:
+        # each worker builds its own app (its own store connections, background worker and
+        # upstream sessions) from the same configuration; uvicorn shares the socket
+        if args.config is not None:
+            os.environ[_WORKER_CONFIG] = str(args.config.resolve())
+        os.environ[_WORKER_DATA_DIR] = str(args.data_dir.resolve())
+        uvicorn.run("respond.cli:worker_app", factory=True, workers=args.workers, **options)
+        return 0
     app = create_app(settings)
     tune_gc()
-    # no proxy-headers middleware: nothing in respond depends on the client's address
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                access_log=False, proxy_headers=False, http=CorkedHttpToolsProtocol,
-                timeout_graceful_shutdown=10)
+    uvicorn.run(app, **options)
     return 0
