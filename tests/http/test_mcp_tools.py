@@ -272,7 +272,7 @@ def test_forced_add_on_the_embedded_model(mcp: McpTestServer, tmp_path: Path) ->
     kinds = [item.type for item in response.output]
     assert kinds[:2] == ["mcp_list_tools", "mcp_call"]
     call = response.output[1]
-    assert call.name == "add" and call.error is None
+    assert call.name == "add" and call.error is None, (call.error, call.arguments)
     assert [c.name for c in mcp.calls] == ["add"]
     arguments = mcp.calls[0].arguments
     assert isinstance(arguments["a"], int) and isinstance(arguments["b"], int)
