@@ -64,6 +64,7 @@ PURGE_BATCH = 500  # responses removed per transaction, so a large purge never h
 TOMBSTONE_EXPIRES_AT = 0
 POLL_SECONDS = 0.2  # how soon a waiter notices a commit made by another process
 CHECKPOINT_EVERY_WRITES = 200  # inline write transactions between two WAL checkpoints
+CHECKPOINT_WAIT_MS = 100  # the longest a checkpoint waits for other processes
 
 _RESPONSE_COLUMNS = "body, context_ids, output_ids, previous_response_id, created_at, expires_at"
 
@@ -767,8 +768,14 @@ def _busy(exc: sqlite3.OperationalError) -> bool:
 def _checkpoint(db: _Db) -> None:
     # RESTART: copies the whole log and makes the next writer start it over, so the log stays
     # as small as the writes between two checkpoints. This store's writes queue behind this
-    # job meanwhile; readers go on.
-    db.conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+    # job meanwhile; readers go on. It waits at most CHECKPOINT_WAIT_MS for other processes'
+    # readers and writers: when they keep it from finishing, the next checkpoint goes on
+    # from where this one stopped, and this process's writes were held up only that long.
+    db.conn.execute(f"PRAGMA busy_timeout = {CHECKPOINT_WAIT_MS}")
+    try:
+        db.conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+    finally:
+        db.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
 
 def _checkpoint_and_close(conn: sqlite3.Connection) -> None:
