@@ -382,3 +382,68 @@ def test_the_embedded_model_reads_a_pdf(embedded: RunningServer) -> None:
     assert rise >= len(" ".join(PAGES).split())  # at least a token per word of the PDF
     assert abs(rise - expected) <= 2, (rise, expected)
     assert by_data.usage.input_tokens == by_id.usage.input_tokens
+
+
+# -- images and files in function outputs ----------------------------------------------------
+
+
+def tool_turn(*output: dict[str, Any], calls: int = 1) -> list[dict[str, Any]]:
+    """A manual history: a question, ``calls`` function calls, each answered by ``output``."""
+    items: list[dict[str, Any]] = [{"role": "user", "content": "Look at the camera."}]
+    items += [{"type": "function_call", "call_id": f"call_{n}", "name": "snapshot",
+               "arguments": "{}"} for n in range(calls)]
+    items += [{"type": "function_call_output", "call_id": f"call_{n}", "output": list(output)}
+              for n in range(calls)]
+    return items
+
+
+def test_a_function_output_shows_its_text_files_and_images(client: openai.OpenAI,
+                                                           upstream: UpstreamServer) -> None:
+    """Text and files in the tool message; images (which Chat Completions tool messages cannot
+    carry) in a user message after every tool message of the turn."""
+    client.responses.create(model="vis", input=tool_turn(
+        {"type": "input_text", "text": "Snapshot taken."},
+        {"type": "input_file", "filename": "log.txt",
+         "file_data": data_url("text/plain", b"Door opened at 10:02.")},
+        {"type": "input_image", "image_url": data_url("image/png", PNG)},
+        calls=2))
+    messages = upstream.requests[-1].body["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant", "tool", "tool", "user"]
+    for tool in messages[2:4]:
+        assert tool["content"].startswith("Snapshot taken.\n")
+        assert "Door opened at 10:02." in tool["content"]
+    images = messages[4]["content"]
+    assert [p["type"] for p in images] == ["text", "image_url", "text", "image_url"]
+    assert images[0]["text"] == "Images returned by the function call call_0:"
+    assert decode_data_url(images[1]["image_url"]["url"]) == ("image/png", PNG)
+
+
+def test_a_function_output_image_is_replayed_by_chaining(client: openai.OpenAI,
+                                                         upstream: UpstreamServer) -> None:
+    first = client.responses.create(model="vis", input=tool_turn(
+        {"type": "input_image", "image_url": data_url("image/jpeg", JPEG)}))
+    client.responses.create(model="vis", input="And now?", previous_response_id=first.id)
+    messages = upstream.requests[-1].body["messages"]
+    assert [m["role"] for m in messages][:4] == ["user", "assistant", "tool", "user"]
+    [image] = [p for p in messages[3]["content"] if p["type"] == "image_url"]
+    assert decode_data_url(image["image_url"]["url"]) == ("image/jpeg", JPEG)
+
+
+def test_a_function_output_image_on_a_text_only_model_is_refused(client: openai.OpenAI,
+                                                                 upstream: UpstreamServer
+                                                                 ) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(model="text", input=tool_turn(
+            {"type": "input_text", "text": "Snapshot taken."},
+            {"type": "input_image", "image_url": data_url("image/png", PNG)}))
+    error = sdk_error(caught.value, 400, param="input[2].output[1]")
+    assert "does not accept images" in error["message"]
+    assert upstream.requests == []
+
+
+def test_a_damaged_image_in_a_function_output_is_a_400_naming_it(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(model="vis", input=tool_turn(
+            {"type": "input_image", "image_url": "data:image/png;base64,bm90IGFuIGltYWdl"}))
+    error = sdk_error(caught.value, 400)
+    assert error["param"].startswith("input[2].output[0]"), error

@@ -2,8 +2,11 @@
 
 Storage keeps every item losslessly; this module decides how each one reads to a model.
 Images and files read as ``media`` resolved them (engine/media.py): a file as its text, an
-image as a data URL. Truncation drops whole turns from the oldest end so a tool call never
-loses its output.
+image as a data URL. A function's output may hold images and files too: its text and files
+go in the tool message, and since Chat Completions tool messages carry text only, its images
+follow in a user message placed after the run of tool messages it belongs to (a tool
+message must follow its call directly). Truncation drops whole turns from the oldest end so
+a tool call never loses its output.
 """
 
 from __future__ import annotations
@@ -49,6 +52,43 @@ def _user_content(item: Item, vision: bool, media: Media) -> str | list[Any]:
     return rich
 
 
+def media_parts(item: Item) -> tuple[str, list[Any]] | None:
+    """The field of ``item`` that may hold images and files, and its parts: a user, system or
+    developer message's ``content``, a function output's ``output`` when it is an array."""
+    kind = item.get("type")
+    if kind == "message" and item.get("role") != "assistant":
+        content = item.get("content")
+        return ("content", content) if isinstance(content, list) else None
+    if kind == "function_call_output":
+        output = item.get("output")
+        return ("output", output) if isinstance(output, list) else None
+    return None
+
+
+def _function_output(item: Item, vision: bool, media: Media) -> tuple[str, list[Any]]:
+    """A function output as (the tool message's text, the images that must follow it)."""
+    output = item.get("output")
+    if not isinstance(output, list):
+        return _output_text(output), []
+    texts: list[str] = []
+    images: list[Any] = []
+    for index, part in enumerate(output):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "input_text":
+            texts.append(part["text"])
+        elif kind == "input_file":
+            texts.append(_resolved(media, item, index)["text"])
+        elif kind == "input_image":
+            if not vision:
+                raise InvalidRequest(
+                    "This model does not accept images, and a function output in the "
+                    "conversation continued with 'previous_response_id' contains one. Use a "
+                    "model configured with vision = true.", param="previous_response_id",
+                    code="invalid_value")
+            images.append(_resolved(media, item, index))
+    return "\n".join(texts), images
+
+
 def _resolved(media: Media, item: Item, index: int) -> dict[str, Any]:
     part = media.get((item["id"], index))
     if part is None:  # the caller did not resolve this context: a bug, not a client error
@@ -81,8 +121,12 @@ def to_messages(instructions: str | None, items: list[Item], *, vision: bool,
         messages.append({"role": "system", "content": instructions})
     declined = {i["approval_request_id"]: i for i in items
                 if i.get("type") == "mcp_approval_response" and not i.get("approve")}
+    pending_images: list[Any] = []  # of function outputs, sent once their tool run ends
     for item in items:
         kind = item.get("type")
+        if pending_images and kind != "function_call_output":
+            messages.append({"role": "user", "content": pending_images})
+            pending_images = []
         if kind == "message":
             role = _CHAT_ROLE[item["role"]]
             if role == "assistant":
@@ -101,8 +145,12 @@ def to_messages(instructions: str | None, items: list[Item], *, vision: bool,
             else:
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
         elif kind == "function_call_output":
-            messages.append({"role": "tool", "tool_call_id": item["call_id"],
-                             "content": _output_text(item.get("output"))})
+            text, images = _function_output(item, vision, media or {})
+            messages.append({"role": "tool", "tool_call_id": item["call_id"], "content": text})
+            if images:
+                pending_images.append({"type": "text", "text": "Images returned by the "
+                                       f"function call {item['call_id']}:"})
+                pending_images.extend(images)
         elif kind == "mcp_call":
             _call_with_result(messages, item["id"], item["name"], item.get("arguments") or "{}",
                               item["output"] if item.get("error") is None
@@ -113,6 +161,8 @@ def to_messages(instructions: str | None, items: list[Item], *, vision: bool,
                               "The user declined this call; it was not made."
                               + (f" Reason: {reason}" if reason else ""))
         # reasoning and other items stay in storage but are not shown to chat backends
+    if pending_images:
+        messages.append({"role": "user", "content": pending_images})
     return messages
 
 

@@ -40,6 +40,7 @@ from respond.engine.formats import (
     is_data_url,
     parse_data_url,
 )
+from respond.engine.history import media_parts
 from respond.errors import APIError, InvalidRequest, NotFound
 from respond.network import EgressError, EgressPolicy
 from respond.store import Store, StoredFile
@@ -61,9 +62,9 @@ _CHAT_DETAIL = {"low": "low", "high": "high", "original": "high"}  # Chat Comple
 class _Place:
     """Where a part sits, for error messages: this request's input, or an earlier turn."""
 
-    def __init__(self, param: str | None, index: int) -> None:
+    def __init__(self, param: str | None, index: int, field: str = "content") -> None:
         self.history = param is None
-        self.param = "previous_response_id" if param is None else f"{param}.content[{index}]"
+        self.param = "previous_response_id" if param is None else f"{param}.{field}[{index}]"
 
     def fail(self, message: str, field: str | None = None, *,
              error: type[APIError] = InvalidRequest) -> APIError:
@@ -123,19 +124,21 @@ class MediaResolver:
         params = params or {}
         media: Media = {}
         for item in context:
-            if item.get("type") != "message" or item.get("role") == "assistant":
+            found = media_parts(item)
+            if found is None:
                 continue
-            for index, part in enumerate(item.get("content") or ()):
+            field, parts = found
+            for index, part in enumerate(parts):
                 if not isinstance(part, dict):
                     continue
                 kind = part.get("type")
                 if kind == "input_text":  # by far the most common part: nothing to resolve
                     continue
                 if kind == "input_image" and vision:
-                    place = _Place(params.get(item["id"]), index)
+                    place = _Place(params.get(item["id"]), index, field)
                     media[(item["id"], index)] = await self._image(part, place)
                 elif kind == "input_file":
-                    place = _Place(params.get(item["id"]), index)
+                    place = _Place(params.get(item["id"]), index, field)
                     media[(item["id"], index)] = await self._file(part, place)
         return media
 

@@ -18,7 +18,7 @@ from typing import Any
 from respond.backends import Backend
 from respond.domain import Delta, Finish, Generation, ReasoningDelta, TextDelta, ToolCallDelta
 from respond.engine.events import Event, EventBuilder
-from respond.engine.history import Item, to_messages, turn_starts
+from respond.engine.history import Item, media_parts, to_messages, turn_starts
 from respond.engine.media import Media, MediaResolver
 from respond.engine.toolloop import MAX_TOOL_TURNS, Connector, ServerTools
 from respond.errors import (
@@ -458,12 +458,16 @@ class ResponsesService:
         if backend.vision:
             return
         for i, item in enumerate(items):
-            for j, part in enumerate(item.get("content") or ()):
+            found = media_parts(item)
+            if found is None:
+                continue
+            field, parts = found
+            for j, part in enumerate(parts):
                 if isinstance(part, dict) and part.get("type") == "input_image":
                     raise InvalidRequest(
                         "This model does not accept images: it is a text-only model. Remove "
                         "the image input or use a model configured with vision = true.",
-                        param=f"input[{i}].content[{j}]", code="invalid_value",
+                        param=f"input[{i}].{field}[{j}]", code="invalid_value",
                     )
 
     @staticmethod
