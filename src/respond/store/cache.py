@@ -46,6 +46,12 @@ class ItemCache:
         with self._lock:
             return [get(item_id) for item_id in ids]
 
+    def lookup(self, ids: list[str]) -> tuple[list[Item | None], list[str]]:
+        """``get_many(ids)``, and the ids it did not hold (in order)."""
+        cached = self.get_many(ids)
+        return cached, [item_id for item_id, held in zip(ids, cached, strict=True)
+                        if held is None]
+
     def put_many(self, items: Iterable[Item], size_each: int) -> None:
         """Hold ``items`` (as read from the store), each counted as ``size_each`` bytes."""
         if size_each > self.max_bytes:
@@ -62,3 +68,12 @@ class ItemCache:
                 oldest, size = self._sizes.popitem(last=False)
                 del self._items[oldest]
                 self._bytes -= size
+
+
+def fill(ids: list[str], cached: list[Item | None], read: Iterable[Item]) -> list[Item]:
+    """``cached`` (one entry per id, None where the cache had nothing) with its gaps filled
+    from ``read``; an id found in neither is left out (its reader has logged it)."""
+    by_id = {item["id"]: item for item in read}
+    filled = (by_id.get(item_id) if held is None else held
+              for item_id, held in zip(ids, cached, strict=True))
+    return [item for item in filled if item is not None]

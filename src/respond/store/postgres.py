@@ -38,7 +38,7 @@ import orjson
 
 from respond.errors import ServerError
 from respond.store import FilePage, Item, ItemPage, Job, StoredFile, StoredResponse
-from respond.store.cache import ItemCache
+from respond.store.cache import ItemCache, fill
 from respond.store.migrations import apply_postgresql, quote_identifier
 from respond.store.pages import in_order, page
 from respond.store.wakeups import Wakeups
@@ -442,17 +442,12 @@ class PostgresStore:
             return None
         response = _stored_response(response_id, row)
         ids = response.context_ids + response.output_ids
-        cached = self._cache.get_many(ids)
-        missing = [item_id for item_id, item in zip(ids, cached, strict=True) if item is None]
-        if not missing:
-            return response, cached  # type: ignore[return-value]
-        # some were evicted since: read those (a second round trip, rare)
-        read = {item["id"]: item for item in in_order(
-            response_id, missing, _json_list(await self._fetchval(_SELECT_ITEMS_IN_ORDER,
-                                                                  missing)))}
-        whole = [read.get(item_id) if item is None else item
-                 for item_id, item in zip(ids, cached, strict=True)]
-        return response, [item for item in whole if item is not None]
+        cached, missing = self._cache.lookup(ids)
+        read: list[Item] = []
+        if missing:  # some were evicted since: read those (a second round trip, rare)
+            text = await self._fetchval(_SELECT_ITEMS_IN_ORDER, missing)
+            read = in_order(response_id, missing, _json_list(text))
+        return response, fill(ids, cached, read)
 
     async def list_input_items(
         self,

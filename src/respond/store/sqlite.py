@@ -49,7 +49,7 @@ import orjson
 
 from respond.errors import ServerError
 from respond.store import FilePage, Item, ItemPage, Job, StoredFile, StoredResponse
-from respond.store.cache import ItemCache
+from respond.store.cache import ItemCache, fill
 from respond.store.migrations import apply_sqlite
 from respond.store.pages import in_order as _in_order
 from respond.store.pages import page
@@ -474,16 +474,12 @@ class SQLiteStore:
             return None
         response = _stored_response(response_id, row)
         ids = response.context_ids + response.output_ids
-        cached = self._cache.get_many(ids)
-        missing = [item_id for item_id, item in zip(ids, cached, strict=True) if item is None]
+        cached, missing = self._cache.lookup(ids)
         if len(missing) == len(ids):
             return response, self._items_in_order(db, response_id, ids, cache=True)
-        if missing:  # usually the last turn's items: the rest was read for an earlier turn
-            read = iter(self._items_in_order(db, response_id, missing, cache=True))
-            by_id = {item["id"]: item for item in read}
-            cached = [by_id.get(item_id) if item is None else item
-                      for item_id, item in zip(ids, cached, strict=True)]
-        return response, [item for item in cached if item is not None]
+        # usually the last turn's items are missing: the rest was read for an earlier turn
+        read = self._items_in_order(db, response_id, missing, cache=True)
+        return response, fill(ids, cached, read)
 
     def _items_in_order(self, db: _Db, response_id: str, ids: list[str], *,
                         cache: bool = False) -> list[Item]:
