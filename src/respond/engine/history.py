@@ -23,19 +23,22 @@ Media = Mapping[tuple[str, int], dict[str, Any]]  # (item id, part index) -> res
 _CHAT_ROLE = {"user": "user", "system": "system", "developer": "system", "assistant": "assistant"}
 
 
-def _user_content(item: Item, vision: bool, media: Media) -> str | list[Any]:
+def _read_parts(item: Item, parts: list[Any], vision: bool, media: Media,
+                holder: str) -> tuple[list[str], list[dict[str, Any]]]:
+    """The texts of ``parts`` (a file as its text), and every part as a chat part, images
+    included. ``holder`` says where an image sits, for a text-only model's refusal."""
     texts: list[str] = []
     rich: list[dict[str, Any]] = []
-    for index, part in enumerate(item["content"]):
-        kind = part.get("type")
-        if kind == "input_text":
+    for index, part in enumerate(parts):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in ("input_text", "output_text"):
             texts.append(part["text"])
             rich.append({"type": "text", "text": part["text"]})
         elif kind == "input_image":
             if not vision:
                 # the request's own input was checked by the service: this image is history
                 raise InvalidRequest(
-                    "This model does not accept images, and the conversation continued with "
+                    f"This model does not accept images, and {holder} continued with "
                     "'previous_response_id' contains one. Use a model configured with "
                     "vision = true.", param="previous_response_id", code="invalid_value",
                 )
@@ -44,9 +47,11 @@ def _user_content(item: Item, vision: bool, media: Media) -> str | list[Any]:
             resolved = _resolved(media, item, index)
             texts.append(resolved["text"])
             rich.append(resolved)
-        elif kind in ("output_text",):
-            texts.append(part["text"])
-            rich.append({"type": "text", "text": part["text"]})
+    return texts, rich
+
+
+def _user_content(item: Item, vision: bool, media: Media) -> str | list[Any]:
+    texts, rich = _read_parts(item, item["content"], vision, media, "the conversation")
     if len(rich) == len(texts):
         return "\n".join(texts)
     return rich
@@ -69,24 +74,10 @@ def _function_output(item: Item, vision: bool, media: Media) -> tuple[str, list[
     """A function output as (the tool message's text, the images that must follow it)."""
     output = item.get("output")
     if not isinstance(output, list):
-        return _output_text(output), []
-    texts: list[str] = []
-    images: list[Any] = []
-    for index, part in enumerate(output):
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind == "input_text":
-            texts.append(part["text"])
-        elif kind == "input_file":
-            texts.append(_resolved(media, item, index)["text"])
-        elif kind == "input_image":
-            if not vision:
-                raise InvalidRequest(
-                    "This model does not accept images, and a function output in the "
-                    "conversation continued with 'previous_response_id' contains one. Use a "
-                    "model configured with vision = true.", param="previous_response_id",
-                    code="invalid_value")
-            images.append(_resolved(media, item, index))
-    return "\n".join(texts), images
+        return (output if isinstance(output, str) else ""), []
+    texts, rich = _read_parts(item, output, vision, media,
+                              "a function output in the conversation")
+    return "\n".join(texts), [part for part in rich if part.get("type") == "image_url"]
 
 
 def _resolved(media: Media, item: Item, index: int) -> dict[str, Any]:
@@ -104,12 +95,6 @@ def _assistant_text(parts: list[dict[str, Any]]) -> str:
         elif part.get("type") == "refusal":
             out.append(part.get("refusal", ""))
     return "".join(out)
-
-
-def _output_text(output: Any) -> str:
-    if isinstance(output, str):
-        return output
-    return "\n".join(p.get("text", "") for p in output or () if p.get("type") == "input_text")
 
 
 def to_messages(instructions: str | None, items: list[Item], *, vision: bool,
