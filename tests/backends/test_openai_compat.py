@@ -218,6 +218,34 @@ async def test_upstream_500_is_a_backend_error_502(
     assert "the GPU caught fire" in caught.value.message
 
 
+async def test_a_redirect_is_not_followed(upstream: UpstreamServer) -> None:
+    """A redirect (here a 307 to a working upstream, which a following client would POST to
+    again) is an error: respond talks to the address it was configured with."""
+    async def redirect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:"))
+        await reader.readexactly(length)
+        writer.write(b"HTTP/1.1 307 Temporary Redirect\r\nlocation: "
+                     + f"{upstream.base_url}/chat/completions".encode()
+                     + b"\r\ncontent-length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(redirect, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    backend = make_backend(f"http://127.0.0.1:{port}/v1")
+    try:
+        with pytest.raises(BackendError) as caught:
+            await collect(backend.generate(HELLO))
+    finally:
+        await backend.aclose()
+        server.close()
+        await server.wait_closed()
+    assert "307" in caught.value.message
+    assert upstream.requests == []
+
+
 async def test_non_json_error_body_is_quoted(upstream: UpstreamServer) -> None:
     backend = make_backend(upstream.base_url.removesuffix("/v1"))  # no such route: 404
     try:

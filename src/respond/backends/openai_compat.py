@@ -23,6 +23,7 @@ a silent upstream does.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -104,12 +105,15 @@ class OpenAICompatBackend:
     async def _post(self, content: bytes) -> aiohttp.ClientResponse:
         """Send the request; once more on a fresh connection if the pooled one was found
         closed before any answer (nothing was generated for it)."""
-        http = self._http()
+        # redirects are not followed: a model server that redirects is misconfigured, and a
+        # followed POST would turn into a GET
+        send = functools.partial(self._http().post, self._url, data=content,
+                                 headers=self._headers, allow_redirects=False)
         try:
-            return await http.post(self._url, data=content, headers=self._headers)
+            return await send()
         except aiohttp.ServerDisconnectedError:
             logger.debug("upstream %s closed a pooled connection; sending again", self.base_url)
-            return await http.post(self._url, data=content, headers=self._headers)
+            return await send()
 
     async def generate(self, request: Generation) -> AsyncGenerator[Delta, None]:
         content = orjson.dumps(self.payload(request))
