@@ -86,10 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(args.config, args.data_dir)
     except ConfigError as exc:
-        print(f"respond: {exc}", file=sys.stderr)  # noqa: T201 - the CLI's own output
+        print(f"respond: {exc}", file=sys.stderr)
         return 2
     if not settings.server.api_keys and not _is_loopback(args.host) and not args.insecure:
-        print(  # noqa: T201
+        print(
             f"respond: refusing to listen on {args.host} with no API keys configured: anyone "
             "who can reach it could use it. Set [server] api_keys (or RESPOND_API_KEYS), "
             "bind to 127.0.0.1, or pass --insecure.",
