@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: install serve test bench lint
+.PHONY: install serve test bench lint typecheck
 
 install: $(VENV)/.installed
 
@@ -24,8 +24,12 @@ test: install
 	$(BIN)/pytest -q
 	RESPOND_TEST_DATABASE=postgres $(BIN)/pytest -q tests/http
 
+# CI runs both before the tests (.ci/run); ruff and mypy are pinned in the test extras
 lint: install
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests bench
+
+typecheck: install
+	$(BIN)/mypy src
 
 # the overhead benchmark (bench/README.md); BENCH_ARGS=--quick for a two-minute run
 bench: $(VENV)/.bench-installed
