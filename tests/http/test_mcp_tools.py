@@ -247,6 +247,15 @@ def test_bad_mcp_tool_definitions_are_400s(client: openai.OpenAI, mcp: McpTestSe
         assert caught.value.body["param"] == param  # type: ignore[index]
 
 
+def test_a_forced_mcp_choice_must_name_an_mcp_tool(client: openai.OpenAI,
+                                                   mcp: McpTestServer) -> None:
+    for label in ["other", ["calc"], 3]:
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.responses.create(model=UP, input="x", tools=[mcp_tool(mcp)],
+                                    tool_choice={"type": "mcp", "server_label": label})
+        assert caught.value.body["param"] == "tool_choice.server_label"  # type: ignore[index]
+
+
 def test_a_failing_tool_is_an_error_on_its_call(client: openai.OpenAI, mcp: McpTestServer,
                                                 upstream: UpstreamServer) -> None:
     upstream.configure(tool_calls=[{"name": "fail", "arguments": {}}], tokens=3,

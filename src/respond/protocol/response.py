@@ -17,7 +17,7 @@ def response_skeleton(
             text["format"] = req.text.format.model_dump(exclude_none=True)
         if req.text.verbosity is not None:
             text["verbosity"] = req.text.verbosity
-    reasoning = {"effort": None, "summary": None}
+    reasoning: dict[str, Any] = {"effort": None, "summary": None}
     if req.reasoning is not None:
         reasoning = {"effort": req.reasoning.effort, "summary": req.reasoning.summary}
     return {

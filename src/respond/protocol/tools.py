@@ -190,7 +190,7 @@ def plan_tools(all_tools: list[dict[str, Any]], choice: Any) -> ToolPlan:
         return ToolPlan(tools, "none")
     if isinstance(choice, dict) and choice.get("type") == "mcp":
         label = choice.get("server_label")
-        if label not in labels:
+        if not isinstance(label, str) or label not in labels:
             raise InvalidRequest(f"Invalid value for 'tool_choice.server_label': no mcp tool "
                                  f"with server_label '{label}' in 'tools'.",
                                  param="tool_choice.server_label", code="invalid_value")
@@ -310,9 +310,7 @@ class McpServer:
         always = self.approval.get("always")
         if always and _filter(always, "").matches(name, annotations):
             return True
-        if never and _filter(never, "").matches(name, annotations):
-            return False
-        return True
+        return not (never and _filter(never, "").matches(name, annotations))
 
 
 def _filter(raw: Any, param: str) -> ToolFilter:
@@ -324,7 +322,7 @@ def _filter(raw: Any, param: str) -> ToolFilter:
     if isinstance(raw, dict):
         unknown = set(raw) - {"tool_names", "read_only"}
         if unknown:
-            key = sorted(unknown)[0]
+            key = min(unknown)
             raise InvalidRequest(f"Unknown parameter: '{param}.{key}'.", param=f"{param}.{key}",
                                  code="unknown_parameter")
         names = raw.get("tool_names")
@@ -374,7 +372,7 @@ def mcp_server(tool: dict[str, Any], param: str) -> McpServer:
     if isinstance(approval, dict):
         unknown = set(approval) - {"always", "never"}
         if unknown:
-            key = sorted(unknown)[0]
+            key = min(unknown)
             raise InvalidRequest(f"Unknown parameter: '{param}.require_approval.{key}'.",
                                  param=f"{param}.require_approval.{key}",
                                  code="unknown_parameter")
