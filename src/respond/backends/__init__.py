@@ -6,7 +6,7 @@ own, SQL or the environment. It imports only ``domain``, ``errors`` and ``settin
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any, Protocol, runtime_checkable
 
 from respond.domain import ChatMessage, Delta, Generation
@@ -22,14 +22,15 @@ class Backend(Protocol):
       * raises ``ContextOverflow`` before yielding anything when the prompt does not fit;
       * raises ``BackendError`` (``BackendTimeout`` for time-outs) when the engine fails,
         before or during the stream;
-      * when the consumer stops iterating (``aclose()`` or task cancellation), generation
+      * it is an async generator (``async def`` with ``yield``), so the consumer can stop it
+        with ``aclose()``; when the consumer closes it or its task is cancelled, generation
         stops promptly and the engine's slot is freed.
     """
 
     vision: bool
     context_window: int | None
 
-    def generate(self, request: Generation) -> AsyncIterator[Delta]: ...
+    def generate(self, request: Generation) -> AsyncGenerator[Delta, None]: ...
 
     async def count_tokens(
         self,
