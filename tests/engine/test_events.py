@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from wire import check_response, check_stream
+
 from respond.domain import Finish, Usage
 from respond.engine.events import EventBuilder
 from respond.protocol.request import CreateResponse
 from respond.protocol.response import response_skeleton
-from wire import check_response, check_stream
 
 
 def _builder(**fields) -> EventBuilder:

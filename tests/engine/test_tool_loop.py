@@ -121,7 +121,7 @@ async def test_calls_run_server_side_until_the_model_answers(env: dict[str, Any]
 
 
 async def test_approval_required_then_approved_runs_once(env: dict[str, Any]) -> None:
-    svc, backend = service(env, [
+    svc, _backend = service(env, [
         [*call("add", {"a": 1, "b": 1}), Finish("tool_calls", Usage(5, 5))],
         [TextDelta("It is 2."), Finish("stop", Usage(5, 3))],
     ])
@@ -210,7 +210,7 @@ async def test_forced_mcp_tool_choice(env: dict[str, Any]) -> None:
 
 async def test_the_loop_is_bounded(env: dict[str, Any]) -> None:
     svc, backend = service(env, [[*call("add", {"a": 1, "b": 1}), Finish("tool_calls")]])
-    response, events = await run(svc, input="x", tools=[mcp_tool()], max_tool_calls=3)
+    _response, events = await run(svc, input="x", tools=[mcp_tool()], max_tool_calls=3)
     check_stream(events)
     assert len(env["log"]["calls"]) <= 4
     # once the budget is spent the model is asked without tools

@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from servers import RunningServer, serve
 from e2e import UP, assert_error, upstream, upstream_config  # noqa: F401  (fixture)
+from servers import RunningServer, serve
 
 from respond.testing.upstream import UpstreamServer
 

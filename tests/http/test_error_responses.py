@@ -16,7 +16,6 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from servers import RunningServer, serve
 from e2e import (
     EMBEDDED_MODEL,
     UP,
@@ -27,6 +26,7 @@ from e2e import (
     sdk_error,
     upstream,  # noqa: F401  (fixture)
 )
+from servers import RunningServer, serve
 
 from respond.testing.upstream import UpstreamServer
 

@@ -37,7 +37,7 @@ def _postgres_reachable() -> bool:
     try:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             pool.submit(asyncio.run, probe()).result(timeout=10)
-    except Exception:
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
         return False
     return True
 

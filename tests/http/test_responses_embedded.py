@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from servers import RunningServer
 from e2e import EMBEDDED_MODEL, client_for, sse_events
+from servers import RunningServer
 from wire import check_response, check_stream
 
 MODEL = EMBEDDED_MODEL

@@ -12,7 +12,6 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from servers import RunningServer
 from e2e import (
     DEAD,
     SLOW,
@@ -26,6 +25,7 @@ from e2e import (
     upstream,  # noqa: F401  (fixture)
     wait_until,
 )
+from servers import RunningServer
 from wire import check_response, check_stream
 
 from respond.testing.upstream import UpstreamServer, prompt_tokens
