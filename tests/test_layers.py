@@ -1,8 +1,12 @@
 """The layer direction of DESIGN.md, checked on the source: every ``import`` of every module
 under ``src/respond`` (top level, inside functions, under ``TYPE_CHECKING`` alike).
 
-    http/, cli, app  ->  engine/, jobs  ->  backends/, tools/, store/  ->  protocol/, domain,
-                                                                          errors, ids, settings
+    http/, cli, app  ->  engine/, jobs  ->  backends/, tools/, store/, web/  ->  protocol/,
+                                                                  domain, errors, ids, settings
+
+The engine sees an adapter only through its protocol: it may import an adapter package
+(``respond.store``), never one of its modules (``respond.store.sqlite``); ``create_app``
+picks the implementations.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ PACKAGE = Path(respond.__file__).resolve().parent
 
 # layer of a module: the first component of its name inside ``respond``
 FOUNDATION = {"protocol", "domain", "errors", "ids", "settings", "network", "sealing"}
-ADAPTERS = {"backends", "store", "tools"}
+ADAPTERS = {"backends", "store", "tools", "web"}
 ENGINE = {"engine", "jobs"}
 TOP = {"http", "app", "cli", "__main__"}
 
@@ -65,10 +69,24 @@ def layer_of(name: str) -> str | None:
     return parts[1] if len(parts) > 1 else None
 
 
+def is_module(name: str) -> bool:
+    """Whether ``name`` ("respond.store.sqlite") is a module or package of ours, rather than
+    a name defined in one ("respond.store.Store")."""
+    path = PACKAGE.joinpath(*name.split(".")[1:])
+    return path.with_suffix(".py").exists() or (path / "__init__.py").exists()
+
+
+def behind_protocol(name: str) -> bool:
+    """Whether ``name`` lies inside an adapter package, below its protocol (``__init__``)."""
+    parts = name.split(".")
+    return layer_of(name) in ADAPTERS and len(parts) > 2 and is_module(".".join(parts[:3]))
+
+
 def violations(own: str, imported: set[str]) -> list[str]:
     own_layer = layer_of(own)
     forbidden = next((bad for layers, bad in FORBIDDEN.items() if own_layer in layers), set())
-    return sorted(name for name in imported if layer_of(name) in forbidden)
+    return sorted(name for name in imported if layer_of(name) in forbidden
+                  or (own_layer in ENGINE and behind_protocol(name)))
 
 
 def sources() -> list[Path]:
@@ -101,6 +119,19 @@ if TYPE_CHECKING:
     assert violations("respond.store.fake", imports_in("from respond.app import create_app",
                                                        "respond.store.fake")) == [
         "respond.app", "respond.app.create_app"]
+
+
+def test_the_engine_sees_adapters_only_through_their_protocols() -> None:
+    source = """
+from respond.store import Store
+from respond.web import Fetcher
+from respond.web.fetcher import HttpFetcher
+import respond.store.sqlite
+"""
+    found = imports_in(source, "respond.engine.fake")
+    assert violations("respond.engine.fake", found) == [
+        "respond.store.sqlite", "respond.web.fetcher", "respond.web.fetcher.HttpFetcher"]
+    assert violations("respond.app", found) == []
 
 
 @pytest.mark.parametrize("path", sources(), ids=lambda p: module_name(p))

@@ -36,6 +36,7 @@ from respond.settings import LlamaCppModel, OpenAIModel, Settings
 from respond.store import Store
 from respond.store.open import open_store
 from respond.tools.mcp import McpSession
+from respond.web.fetcher import HttpFetcher
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +128,9 @@ def create_app(
                     the_backends[name] = backend
             policy = EgressPolicy(settings.network.allow)
             retention_seconds = int(settings.server.retention_days * 86400)
-            media = MediaResolver(the_store, policy)
-            stack.push_async_callback(media.aclose)
+            fetcher = HttpFetcher(policy)
+            stack.push_async_callback(fetcher.aclose)
+            media = MediaResolver(the_store, fetcher)
             service = ResponsesService(
                 the_store, the_backends,
                 retention_seconds=retention_seconds,

@@ -4,10 +4,11 @@ Stored items keep images and files exactly as they were sent (a file id, a data 
 so ``previous_response_id`` replays them and ``input_items`` returns them unchanged. This
 module resolves them whenever a response is about to run (``ResponsesService.prepare``, and
 the background worker on whichever replica runs the job): file ids are read from the store,
-URLs are fetched through the egress policy, PDFs and text files become text, images are
-checked and become data URLs of their original bytes. The result, a ``Media`` mapping of
-(item id, part index) to a Chat Completions content part, is what ``history.to_messages``
-puts in place of each stored part.
+URLs are fetched by the ``Fetcher`` the resolver is given (``respond.web``; the engine does
+no network I/O of its own), PDFs and text files become text, images are checked and become
+data URLs of their original bytes. The result, a ``Media`` mapping of (item id, part index)
+to a Chat Completions content part, is what ``history.to_messages`` puts in place of each
+stored part.
 
 Rules: every refusal is an ``APIError`` naming the part ("input[0].content[1]", or
 ``previous_response_id`` for a part of an earlier turn); images are resolved only for models
@@ -20,14 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit
-
-import httpx
 
 from respond.engine.formats import (
     MAX_DOCUMENT_BYTES,
@@ -42,17 +40,13 @@ from respond.engine.formats import (
 )
 from respond.engine.history import media_parts
 from respond.errors import APIError, InvalidRequest, NotFound
-from respond.network import EgressError, EgressPolicy
 from respond.store import Store, StoredFile
-
-log = logging.getLogger(__name__)
+from respond.web import Fetcher, FetchError, FetchRefused, FetchTimeout, FetchTooLarge
 
 Item = dict[str, Any]
 Media = dict[tuple[str, int], dict[str, Any]]
 """(item id, index of the part in the item's content) -> the Chat Completions part."""
 
-FETCH_TIMEOUT_SECONDS = 30.0
-MAX_REDIRECTS = 5
 CACHE_ENTRIES = 32
 CACHE_CHARACTERS = 32 * 1024 * 1024
 
@@ -102,20 +96,12 @@ class _TextCache:
 class MediaResolver:
     """Resolves the images and files of a context; one per service, shared by all requests."""
 
-    def __init__(self, store: Store, policy: EgressPolicy, *,
-                 clock: Callable[[], float] = time.time,
-                 fetch_timeout: float = FETCH_TIMEOUT_SECONDS) -> None:
+    def __init__(self, store: Store, fetcher: Fetcher, *,
+                 clock: Callable[[], float] = time.time) -> None:
         self.store = store
-        self.policy = policy
+        self.fetcher = fetcher
         self.clock = clock
-        self.fetch_timeout = fetch_timeout
-        self._client: httpx.AsyncClient | None = None
         self._texts = _TextCache()
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
 
     async def resolve(self, context: list[Item], *, vision: bool,
                       params: Mapping[str, str] | None = None) -> Media:
@@ -232,43 +218,23 @@ class MediaResolver:
         meta = await self._meta(file_id, place, limit, what)
         return meta, await self._read(meta, place)
 
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = self.policy.client(
-                timeout=self.fetch_timeout, follow_redirects=True, max_redirects=MAX_REDIRECTS,
-                headers={"user-agent": "respond"})
-        return self._client
-
     async def _fetch(self, url: str, place: _Place, field: str, limit: int,
                      what: str) -> tuple[bytes, str | None]:
-        """The body and declared content type of ``url``, fetched through the egress policy
-        (checked up front for a clear message, and again on every connection)."""
+        """The body and declared content type of ``url``, or a refusal naming the part."""
         try:
-            await self.policy.check_url(url)
-            async with self._http().stream("GET", url) as reply:
-                if reply.status_code != 200:
-                    raise place.fail(f"The {what} URL could not be fetched: it answered with "
-                                     f"HTTP {reply.status_code}.", field)
-                declared = reply.headers.get("content-length", "")
-                if declared.isdigit() and int(declared) > limit:
-                    raise place.fail(f"The {what} at the URL is {declared} bytes; the limit "
-                                     f"is {limit}.", field)
-                body = bytearray()
-                async for chunk in reply.aiter_bytes():
-                    body += chunk
-                    if len(body) > limit:
-                        raise place.fail(f"The {what} at the URL is larger than the limit of "
-                                         f"{limit} bytes.", field)
-                return bytes(body), reply.headers.get("content-type")
-        except EgressError as exc:
+            fetched = await self.fetcher.fetch(url, max_bytes=limit)
+        except FetchRefused as exc:
             raise place.fail(f"The {what} URL may not be fetched: {exc}", field) from None
-        except httpx.TimeoutException:
-            raise place.fail(f"Fetching the {what} URL timed out after "
-                             f"{self.fetch_timeout:g} s.", field) from None
-        except httpx.HTTPError as exc:
-            log.info("fetching %s failed: %r", url, exc)
-            raise place.fail(f"The {what} URL could not be fetched ({type(exc).__name__}).",
+        except FetchTooLarge as exc:
+            size = (f"is {exc.size} bytes; the limit is {exc.limit}" if exc.size is not None
+                    else f"is larger than the limit of {exc.limit} bytes")
+            raise place.fail(f"The {what} at the URL {size}.", field) from None
+        except FetchTimeout as exc:
+            raise place.fail(f"Fetching the {what} URL timed out after {exc.seconds:g} s.",
                              field) from None
+        except FetchError as exc:
+            raise place.fail(f"The {what} URL could not be fetched: {exc}.", field) from None
+        return fetched.content, fetched.content_type
 
 
 def _url_filename(url: str) -> str | None:
