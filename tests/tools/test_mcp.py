@@ -6,8 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import mcp_types as types
 import pytest
@@ -17,12 +16,14 @@ from respond.testing.mcp_server import McpTestServer, ToolCall
 from respond.tools import ToolError, ToolSpec
 from respond.tools.mcp import (
     McpHttpError,
-    McpPool,
     McpProtocolError,
     McpSession,
     McpToolExecutionError,
     result_text,
 )
+
+# guards against a hang only: every wait below ends on an event long before this
+HANG = 60.0
 
 TOKEN = "secret-token"
 HEADERS = {"Authorization": f"Bearer {TOKEN}"}
@@ -48,6 +49,13 @@ def handshakes(server: McpTestServer) -> int:
 
 def mcp_tasks() -> list[asyncio.Task[object]]:
     return [t for t in asyncio.all_tasks() if t.get_name().startswith("mcp ")]
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    async with asyncio.timeout(HANG):
+        while not condition():
+            await asyncio.sleep(0.02)
+    assert condition(), what
 
 
 def unused_port() -> int:
@@ -131,28 +139,6 @@ async def test_falls_back_to_sse_when_the_post_is_refused(server: McpTestServer)
     assert server.calls == [ToolCall("add", {"a": 2, "b": 3})]
 
 
-async def test_a_pool_shares_a_connection_per_server_and_headers(server: McpTestServer) -> None:
-    async with McpPool(LOOPBACK) as pool:
-        one = await pool.session("one", server.url, HEADERS)
-        two = await pool.session("two", server.url, dict(HEADERS))
-        assert await one.call("add", {"a": 1, "b": 1}) == "2"
-        assert await two.call("add", {"a": 2, "b": 2}) == "4"
-        assert handshakes(server) == 1
-        other = await pool.session("other", server.url, {**HEADERS, "X-Tenant": "b"})
-        assert await other.call("echo", {"text": "x"}) == "x"
-        assert handshakes(server) == 2
-    assert mcp_tasks() == []
-
-
-async def test_a_pool_remembers_a_failed_server(server: McpTestServer) -> None:
-    url = f"http://127.0.0.1:{unused_port()}/mcp"
-    async with McpPool(LOOPBACK) as pool:
-        with pytest.raises(ToolError, match="MCP server 'a' could not be reached"):
-            await pool.session("a", url, HEADERS)
-        with pytest.raises(ToolError, match="MCP server 'b' could not be reached"):
-            await pool.session("b", url, HEADERS)
-
-
 # -- failures become ToolError ------------------------------------------------------------------
 
 
@@ -201,12 +187,13 @@ async def test_an_unknown_tool_is_a_tool_error(server: McpTestServer) -> None:
 
 
 async def test_a_dead_server_fails_fast() -> None:
-    started = time.monotonic()
+    """A refused connection is reported at once, not after the time-out (600 s here: the
+    guard, not the session's time-out, would end a client that waited for it)."""
     url = f"http://127.0.0.1:{unused_port()}/mcp"
     with pytest.raises(ToolError, match=r"MCP server 'dead' could not be reached at http://127"):
-        async with McpSession.open(url, HEADERS, LOOPBACK, server_label="dead", timeout=20):
+        async with asyncio.timeout(HANG), McpSession.open(url, HEADERS, LOOPBACK,
+                                                           server_label="dead", timeout=600):
             pass
-    assert time.monotonic() - started < 5
     assert mcp_tasks() == []
 
 
@@ -214,17 +201,16 @@ async def test_a_dead_server_fails_fast() -> None:
 async def test_a_server_stopped_mid_call_fails_the_call(how: str) -> None:
     server = McpTestServer(token=TOKEN).start()
     try:
+        # the call and the session's time-out both outlast the guard: only the server going
+        # away can end the call in time
         async with McpSession.open(server.url, HEADERS, LOOPBACK, server_label="gone",
-                                   timeout=20) as session:
-            call = asyncio.create_task(session.call("slow", {"seconds": 15}))
-            while not server.calls:  # the tool is running on the server
-                await asyncio.sleep(0.02)
-            started = time.monotonic()
+                                   timeout=600) as session:
+            call = asyncio.create_task(session.call("slow", {"seconds": 600}))
+            await until(lambda: bool(server.calls), "the tool never started on the server")
             await asyncio.to_thread(getattr(server, how))
             with pytest.raises(ToolError, match="MCP server 'gone'") as caught:
-                await call
+                await asyncio.wait_for(call, HANG)
             logging.getLogger(__name__).info("%s: %s", how, caught.value)
-            assert time.monotonic() - started < 8
             with pytest.raises(ToolError, match="MCP server 'gone'"):  # and stays failed
                 await session.call("add", {"a": 1, "b": 1})
     finally:
@@ -233,12 +219,12 @@ async def test_a_server_stopped_mid_call_fails_the_call(how: str) -> None:
 
 
 async def test_a_slow_call_times_out_and_the_session_goes_on(server: McpTestServer) -> None:
+    # the time-out leaves the handshake and the quick call room on a busy machine; the slow
+    # call would outlast the guard if the time-out did not end it
     async with McpSession.open(server.url, HEADERS, LOOPBACK, server_label="test",
-                               timeout=0.5) as session:
-        started = time.monotonic()
-        with pytest.raises(ToolError, match=r"^MCP server 'test' did not answer within 0\.5 s$"):
-            await session.call("slow", {"seconds": 5})
-        assert time.monotonic() - started < 3
+                               timeout=2) as session:
+        with pytest.raises(ToolError, match=r"^MCP server 'test' did not answer within 2 s$"):
+            await asyncio.wait_for(session.call("slow", {"seconds": 600}), HANG)
         assert await session.call("add", {"a": 2, "b": 2}) == "4"
 
 
@@ -247,11 +233,10 @@ async def test_a_server_that_never_answers_times_out_on_connect() -> None:
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
         url = f"http://127.0.0.1:{silent.getsockname()[1]}/mcp"
-        started = time.monotonic()
         with pytest.raises(ToolError, match=r"MCP server 'mute' did not answer within 0\.5 s"):
-            async with McpSession.open(url, HEADERS, LOOPBACK, server_label="mute", timeout=0.5):
+            async with asyncio.timeout(HANG), McpSession.open(url, HEADERS, LOOPBACK,
+                                                               server_label="mute", timeout=0.5):
                 pass
-        assert time.monotonic() - started < 5
     assert mcp_tasks() == []
 
 
