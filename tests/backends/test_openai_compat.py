@@ -55,7 +55,8 @@ async def collect(stream: AsyncIterator[Delta]) -> list[Delta]:
     return [delta async for delta in stream]
 
 
-async def wait_for(condition: Callable[[], bool], within: float = 3.0) -> bool:
+async def wait_for(condition: Callable[[], bool], within: float = 60.0) -> bool:
+    """Whether ``condition`` comes true; ``within`` only guards against a hang."""
     deadline = time.monotonic() + within
     while not condition():
         if time.monotonic() > deadline:
@@ -272,15 +273,14 @@ async def test_context_length_error_is_context_overflow(
 
 
 async def test_silent_upstream_times_out_with_504(upstream: UpstreamServer) -> None:
-    upstream.configure(delay=2.0)
+    # the upstream stays silent for longer than the hang guard: only the time-out ends it
+    upstream.configure(delay=600)
     backend = make_backend(upstream.base_url, timeout=0.3)
-    started = time.monotonic()
     try:
         with pytest.raises(BackendTimeout) as caught:
-            await collect(backend.generate(HELLO))
+            await asyncio.wait_for(collect(backend.generate(HELLO)), 60)
     finally:
         await backend.aclose()
-    assert time.monotonic() - started < 1.5
     assert caught.value.status == 504
     # clients learn which model failed, never the internal address of its upstream
     assert "'public-name'" in caught.value.message
@@ -345,7 +345,7 @@ async def test_cancelling_the_consumer_disconnects_the_upstream(
             got_one.set()
 
     task = asyncio.create_task(consume())
-    await asyncio.wait_for(got_one.wait(), 3)
+    await asyncio.wait_for(got_one.wait(), 60)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
