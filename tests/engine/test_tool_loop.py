@@ -1,4 +1,4 @@
-"""The server-side tool loop, with the scripted backend and an in-memory MCP session.
+"""The server-side tool loop, with the scripted backend and a scripted MCP session.
 
 These pin the engine's behaviour (item order, events, approvals, the loop's end); the real
 MCP server over HTTP is exercised end to end in tests/http.
@@ -6,7 +6,6 @@ MCP server over HTTP is exercised end to end in tests/http.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,11 +16,13 @@ from wire import check_response, check_stream
 
 from respond.backends.scripted import ScriptedBackend
 from respond.domain import Finish, TextDelta, ToolCallDelta, Usage
+from respond.engine.media import MediaResolver
 from respond.engine.service import ResponsesService
 from respond.protocol.request import CreateResponse
-from respond.protocol.tools import McpServer
 from respond.store.sqlite import SQLiteStore
 from respond.tools import ToolError, ToolSpec
+from respond.tools.scripted import ScriptedToolSession, scripted_connector
+from respond.web.static import StaticFetcher
 
 ADD = ToolSpec("add", "Add two integers", {
     "type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
@@ -29,22 +30,6 @@ ADD = ToolSpec("add", "Add two integers", {
 ECHO = ToolSpec("echo", "Echo text", {
     "type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]})
 
-
-class FakeSession:
-    def __init__(self, log: dict[str, Any]) -> None:
-        self.log = log
-
-    async def list_tools(self) -> list[ToolSpec]:
-        self.log["lists"] += 1
-        if self.log.get("list_error"):
-            raise ToolError("MCP server 'calc' is unreachable")
-        return [ADD, ECHO]
-
-    async def call(self, name: str, arguments: dict[str, Any]) -> str:
-        self.log["calls"].append((name, arguments))
-        if name == "add":
-            return str(arguments["a"] + arguments["b"])
-        raise ToolError("echo is broken", kind="execution")
 
 
 def mcp_tool(approval: Any = "never", **extra: Any) -> dict[str, Any]:
@@ -56,21 +41,19 @@ def mcp_tool(approval: Any = "never", **extra: Any) -> dict[str, Any]:
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     store = await SQLiteStore.open(f"sqlite:///{tmp_path / 'r.db'}")
-    log: dict[str, Any] = {"lists": 0, "calls": [], "opened": []}
-
-    @contextlib.asynccontextmanager
-    async def connect(server: McpServer) -> AsyncIterator[FakeSession]:
-        log["opened"].append(server.headers)
-        yield FakeSession(log)
-
-    yield {"store": store, "log": log, "connect": connect}
+    calc = ScriptedToolSession([ADD, ECHO], {
+        "add": lambda args: str(args["a"] + args["b"]),
+        "echo": ToolError("echo is broken", kind="execution"),
+    })
+    yield {"store": store, "calc": calc}
     await store.aclose()
 
 
 def service(env: dict[str, Any], turns: list[Any]) -> tuple[ResponsesService, ScriptedBackend]:
     backend = ScriptedBackend(turns)
     svc = ResponsesService(env["store"], {"m": backend}, retention_seconds=3600,
-                           connector=env["connect"])
+                           media=MediaResolver(env["store"], StaticFetcher()),
+                           connector=scripted_connector(env["calc"]))
     return svc, backend
 
 
@@ -99,7 +82,7 @@ async def test_calls_run_server_side_until_the_model_answers(env: dict[str, Any]
     assert [t["name"] for t in listing["tools"]] == ["add", "echo"]
     assert mcp_call["output"] == "5" and mcp_call["error"] is None
     assert mcp_call["arguments"] == '{"a":2,"b":3}'
-    assert env["log"]["calls"] == [("add", {"a": 2, "b": 3})]
+    assert env["calc"].calls == [("add", {"a": 2, "b": 3})]
     assert response["usage"]["input_tokens"] == 30 and response["usage"]["output_tokens"] == 9
     kinds = [e["type"] for e in events]
     assert kinds[2:6] == ["response.output_item.added", "response.mcp_list_tools.in_progress",
@@ -117,7 +100,9 @@ async def test_calls_run_server_side_until_the_model_answers(env: dict[str, Any]
     # secrets never reach the response
     assert "s3cret" not in orjson.dumps(response).decode()
     assert response["tools"][0]["headers"] is None
-    assert env["log"]["opened"] == [{"Authorization": "Bearer s3cret"}]
+    assert [server.headers for server in env["calc"].opened] == [
+        {"Authorization": "Bearer s3cret"}]
+    assert env["calc"].closed == 1
 
 
 async def test_approval_required_then_approved_runs_once(env: dict[str, Any]) -> None:
@@ -128,7 +113,7 @@ async def test_approval_required_then_approved_runs_once(env: dict[str, Any]) ->
     first, events = await run(svc, input="add", tools=[mcp_tool("always")])
     check_stream(events)
     assert [i["type"] for i in first["output"]] == ["mcp_list_tools", "mcp_approval_request"]
-    assert env["log"]["calls"] == []
+    assert env["calc"].calls == []
     request = first["output"][1]
     assert request["name"] == "add" and request["arguments"] == '{"a":1,"b":1}'
 
@@ -139,12 +124,12 @@ async def test_approval_required_then_approved_runs_once(env: dict[str, Any]) ->
     assert [i["type"] for i in second["output"]] == ["mcp_call", "message"]
     assert second["output"][0]["approval_request_id"] == request["id"]
     assert second["output"][0]["output"] == "2"
-    assert env["log"]["calls"] == [("add", {"a": 1, "b": 1})]
-    assert env["log"]["lists"] == 1, "turn 2 must reuse the listing in context"
+    assert env["calc"].calls == [("add", {"a": 1, "b": 1})]
+    assert env["calc"].lists == 1, "turn 2 must reuse the listing in context"
 
     # a later turn does not run the approved call again
     await run(svc, previous_response_id=second["id"], tools=[mcp_tool("always")], input="thanks")
-    assert env["log"]["calls"] == [("add", {"a": 1, "b": 1})]
+    assert env["calc"].calls == [("add", {"a": 1, "b": 1})]
 
 
 async def test_denied_call_is_never_made(env: dict[str, Any]) -> None:
@@ -157,14 +142,14 @@ async def test_denied_call_is_never_made(env: dict[str, Any]) -> None:
     second, _ = await run(svc, previous_response_id=first["id"], tools=[mcp_tool("always")],
                           input=[{"type": "mcp_approval_response", "approve": False,
                                   "approval_request_id": request["id"], "reason": "no"}])
-    assert env["log"]["calls"] == []
+    assert env["calc"].calls == []
     assert [i["type"] for i in second["output"]] == ["message"]
     told = backend.requests[-1].messages[-2:]
     assert "declined" in told[-1]["content"] or "declined" in str(told)
 
 
 async def test_listing_failure_is_an_item_error_not_a_failure(env: dict[str, Any]) -> None:
-    env["log"]["list_error"] = True
+    env["calc"].list_error = ToolError("MCP server 'calc' is unreachable")
     svc, _ = service(env, [[TextDelta("No tools today."), Finish("stop", Usage(3, 3))]])
     response, events = await run(svc, input="add", tools=[mcp_tool()])
     check_stream(events)
@@ -212,6 +197,6 @@ async def test_the_loop_is_bounded(env: dict[str, Any]) -> None:
     svc, backend = service(env, [[*call("add", {"a": 1, "b": 1}), Finish("tool_calls")]])
     _response, events = await run(svc, input="x", tools=[mcp_tool()], max_tool_calls=3)
     check_stream(events)
-    assert len(env["log"]["calls"]) <= 4
+    assert len(env["calc"].calls) <= 4
     # once the budget is spent the model is asked without tools
     assert backend.requests[-1].tools is None

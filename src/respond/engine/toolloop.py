@@ -10,28 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 
 from respond.engine.events import Event, EventBuilder
 from respond.protocol.tools import McpServer
-from respond.tools import ToolError, ToolSpec
+from respond.tools import Connector, ToolError, ToolSession, ToolSpec
 
 log = logging.getLogger(__name__)
 
 MAX_TOOL_TURNS = 16  # model turns in one response, whatever the tools ask for
-
-
-class ToolSession(Protocol):
-    async def list_tools(self) -> list[ToolSpec]: ...
-
-    async def call(self, name: str, arguments: dict[str, Any]) -> str: ...
-
-
-Connector = Callable[[McpServer], AbstractAsyncContextManager[ToolSession]]
 
 
 def _spec_item(spec: ToolSpec) -> dict[str, Any]:

@@ -1,22 +1,20 @@
-"""tools: server-side tools the engine runs on the model's behalf (remote MCP servers, ...).
+"""tools: server-side tools the engine runs on the model's behalf (remote MCP servers, ...),
+behind the ``ToolSession`` protocol and the ``Connector`` that opens one.
 
 Rule: an adapter speaks to its outside world and returns plain results; it never sees our
 HTTP layer or the store. Every network fetch goes through ``respond.network``'s egress
-policy. Contract of a tool session:
-
-* ``list_tools()`` returns the server's tools; ``call(name, arguments)`` runs one and
-  returns its text output;
-* failures (unreachable, time-out, refused by the egress policy, protocol garbage, a tool
-  that reports an error) raise ``ToolError`` with a message fit for the client; nothing
-  else escapes, and nothing hangs past the configured time-out;
-* secrets (``headers``) are used for the calls and never appear in a ``ToolError``
-  message, a log line or a returned value.
+policy. The engine imports this module only; ``create_app`` builds the real connector
+(``mcp.McpSession.open``) and tests use ``scripted.scripted_connector``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
+
+from respond.protocol.tools import McpServer
 
 
 class ToolError(Exception):
@@ -48,3 +46,30 @@ class ToolSpec:
     description: str | None
     input_schema: dict[str, Any]
     annotations: dict[str, Any] | None = None
+
+
+class ToolSession(Protocol):
+    """The tools of one server, for one response.
+
+    Contract:
+
+    * ``list_tools()`` returns every tool the server offers, in its order;
+      ``call(name, arguments)`` runs one and returns its output as text;
+    * failures (unreachable, time-out, refused by the egress policy, protocol garbage, a
+      tool that reports an error) raise ``ToolError`` with a message fit for the client;
+      nothing else escapes, and nothing hangs past the session's time-out;
+    * a cancelled ``list_tools``/``call`` (the response was cancelled, its client went
+      away) stops waiting at once and lets ``CancelledError`` through; the session stays
+      usable until it is closed;
+    * secrets (``headers``) are used for the calls and never appear in a ``ToolError``
+      message, a log line or a returned value.
+    """
+
+    async def list_tools(self) -> list[ToolSpec]: ...
+
+    async def call(self, name: str, arguments: dict[str, Any]) -> str: ...
+
+
+Connector = Callable[[McpServer], AbstractAsyncContextManager[ToolSession]]
+"""Opens a session to the server of an ``mcp`` tool: entering the context connects (or
+raises ``ToolError``), leaving it closes the session, within a bounded time."""
