@@ -146,7 +146,9 @@ async def test_a_tool_error_result_raises_with_its_text(server: McpTestServer) -
     async with McpSession.open(server.url, HEADERS, LOOPBACK, server_label="test") as session:
         with pytest.raises(McpToolExecutionError, match="the tool failed, as scripted") as caught:
             await session.call("fail", {})
-        assert "the tool failed, as scripted" in caught.value.content
+        assert caught.value.error_object() == {
+            "type": "mcp_tool_execution_error",
+            "content": [{"type": "text", "text": str(caught.value)}]}
         assert await session.call("add", {"a": 1, "b": 2}) == "3"  # the session survives
     assert [c.name for c in server.calls] == ["fail", "add"]
 

@@ -8,9 +8,7 @@ carries the tool's ``headers``.
 
 Rules:
 
-* One connection per session, reused for every ``list_tools``/``call``. ``McpPool`` shares one
-  connection between the ``mcp`` tools of a request that point at the same server with the
-  same headers.
+* One connection per session, reused for every ``list_tools``/``call``.
 * The SDK runs task groups for the life of a connection. They live in a runner task owned by
   the connection, never in the caller's task, so a transport that dies (server gone, protocol
   garbage) ends the runner and fails the pending call with ``ToolError`` instead of
@@ -26,13 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import http
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
 import httpx2
 import mcp_types as types
@@ -59,11 +56,10 @@ T = TypeVar("T")
 
 
 class McpToolExecutionError(ToolError):
-    """The tool ran and reported an error (``isError``); ``content`` is its text."""
+    """The tool ran and reported an error (``isError``); the message is its text."""
 
-    def __init__(self, message: str, content: str) -> None:
+    def __init__(self, message: str) -> None:
         super().__init__(message, kind="execution")
-        self.content = content
 
 
 class McpProtocolError(ToolError):
@@ -115,11 +111,9 @@ class McpSession:
         *,
         server_label: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
-        connection: _Connection | None = None,
     ) -> None:
-        self._connection = connection or _Connection(server_url, headers or {}, policy, timeout)
+        self._connection = _Connection(server_url, headers or {}, policy, timeout)
         self.server_label = server_label or _host(server_url)
-        self._owns_connection = connection is None
 
     @classmethod
     @asynccontextmanager
@@ -179,12 +173,11 @@ class McpSession:
             )
             text = self._connection.redact(result_text(result))
         if result.is_error:
-            raise McpToolExecutionError(_clip(text) or f"The tool '{name}' failed.", text)
+            raise McpToolExecutionError(_clip(text) or f"The tool '{name}' failed.")
         return text
 
     async def aclose(self) -> None:
-        if self._owns_connection:
-            await self._connection.aclose()
+        await self._connection.aclose()
 
     def _spec(self, tool: types.Tool) -> ToolSpec:
         annotations = (
@@ -207,52 +200,6 @@ class McpSession:
             if failure.kind == "http":
                 raise McpHttpError(message, failure.code) from None
             raise ToolError(message) from None
-
-
-class McpPool:
-    """The MCP sessions of one request, one connection per (server_url, headers).
-
-    ``async with McpPool(policy) as pool: s = await pool.session(label, url, headers)``.
-    A connection that failed stays failed for the pool's life, so a dead server costs one
-    time-out per request, not one per tool.
-    """
-
-    def __init__(self, policy: EgressPolicy, *, timeout: float = DEFAULT_TIMEOUT) -> None:
-        self.policy = policy
-        self.timeout = timeout
-        self._connections: dict[tuple[str, str], _Connection] = {}
-        self._lock = asyncio.Lock()
-
-    async def session(
-        self, server_label: str, server_url: str, headers: Mapping[str, str] | None
-    ) -> McpSession:
-        """A connected session (``ToolError`` if the server cannot be reached)."""
-        key = (server_url, _headers_key(headers or {}))
-        async with self._lock:
-            connection = self._connections.get(key)
-            if connection is None:
-                connection = _Connection(server_url, headers or {}, self.policy, self.timeout)
-                self._connections[key] = connection
-        session = McpSession(
-            server_url, headers, self.policy, server_label=server_label, connection=connection
-        )
-        await session.connect()
-        return session
-
-    async def aclose(self) -> None:
-        connections, self._connections = list(self._connections.values()), {}
-        await asyncio.gather(*(c.aclose() for c in connections), return_exceptions=True)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-
-def _headers_key(headers: Mapping[str, str]) -> str:
-    canonical = json.dumps(sorted((k.lower(), v) for k, v in headers.items()))
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 class _Connection:
