@@ -29,7 +29,8 @@ TOP = {"http", "app", "cli", "__main__"}
 FORBIDDEN: dict[frozenset[str], set[str]] = {
     frozenset(FOUNDATION): ENGINE | ADAPTERS | TOP,
     frozenset(ADAPTERS): ENGINE | TOP,
-    frozenset(ENGINE): TOP,
+    # the engine does no network I/O: web/ fetches URLs, tools/ reaches MCP servers
+    frozenset(ENGINE): TOP | {"network"},
 }
 
 
@@ -132,6 +133,9 @@ import respond.store.sqlite
     assert violations("respond.engine.fake", found) == [
         "respond.store.sqlite", "respond.web.fetcher", "respond.web.fetcher.HttpFetcher"]
     assert violations("respond.app", found) == []
+    assert violations("respond.engine.fake", imports_in(
+        "from respond.network import EgressPolicy", "respond.engine.fake")) == [
+        "respond.network", "respond.network.EgressPolicy"]
 
 
 @pytest.mark.parametrize("path", sources(), ids=lambda p: module_name(p))
