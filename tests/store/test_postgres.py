@@ -14,6 +14,7 @@ from storekit import NOW, POSTGRES_URL, PostgresBackend, ids, message, response,
 
 from respond.errors import ServerError
 from respond.store import StoredResponse
+from respond.store import listener as listener_module
 from respond.store import postgres as postgres_module
 from respond.store.migrations import apply_postgresql
 from respond.store.postgres import PostgresStore, channel_names, connection_url
@@ -185,7 +186,7 @@ async def test_a_lost_notification_delays_a_follower_by_one_poll(pg: PostgresBac
 async def test_the_listener_reconnects_after_its_connection_is_killed(
     pg: PostgresBackend, no_polling: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(postgres_module, "RECONNECT_MIN_SECONDS", 0.5)
+    monkeypatch.setattr(listener_module, "RECONNECT_MIN_SECONDS", 0.5)
     waiter, writer = await pg.open(), await pg.open()
     await save_turn(writer, "resp_1", None)
     pid = await listener_pid(waiter)

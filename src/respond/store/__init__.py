@@ -2,13 +2,27 @@
 behind ``Store``.
 
 Rule: a store speaks SQL to its database and nothing else; it imports only ``errors`` and
-plain data types. Items are stored once, as the JSON the wire shows; a response records the
-ordered ids of the items that formed its context, so rebuilding any conversation is one
-query for the response row and one for its items, never a walk of the chain.
+plain data types. Each SQL statement is written once, for both databases; what truly
+differs between them is named and kept in one place. Items are stored once, as the JSON the
+wire shows; a response records the ordered ids of the items that formed its context, so
+rebuilding any conversation is one query for the response row and one for its items, never
+a walk of the chain.
 
-Adapters: ``sqlite.SQLiteStore`` and ``postgres.PostgresStore``; ``open.open_store(url)``
-picks one by the URL's scheme. Their shared contract tests are tests/store/test_contract.py
-and tests/store/test_background.py.
+Layout:
+- here: the data types and the role protocols ``ResponseStore``, ``JobStore`` and
+  ``FileStore``; ``Store`` is all three (what ``open.open_store(url)`` returns).
+- ``statements``: every SQL statement, once; ``dialect``: how one is rendered for SQLite or
+  PostgreSQL (placeholders, casts, id lists, JSON access, locks).
+- ``core``: the logic both adapters share (reads, paging, purges, job queue, event logs,
+  files), over a few one-statement primitives.
+- ``sqlite`` (with ``sqlite_connection``) and ``postgres`` (with ``listener``): the
+  adapters, holding only what differs: SQLite's inline execution, thread hop and WAL
+  checkpoints; PostgreSQL's pool, one-statement saves and context loads, LISTEN/NOTIFY
+  and advisory locks.
+- ``cache``, ``pages``, ``wakeups``, ``migrations``: helpers the adapters share.
+
+The shared contract tests are tests/store/test_contract.py, test_background.py and
+test_file_storage.py, run on both adapters.
 """
 
 from __future__ import annotations
@@ -65,17 +79,26 @@ class FilePage:
     has_more: bool
 
 
-class Store(Protocol):
-    """Durable state. All methods are coroutines; none blocks the event loop.
+
+TERMINAL_STATUSES = frozenset({"completed", "incomplete", "failed", "cancelled"})
+
+
+class ResponseStore(Protocol):
+    """Responses and their items. All methods are coroutines; none blocks the event loop.
 
     Writes are atomic: a response and the items it introduces are saved in one transaction,
     so a failed write leaves nothing half-stored.
     """
 
-    async def save_response(self, response: StoredResponse, new_items: list[Item]) -> None:
-        """Insert or replace ``response`` and insert ``new_items`` (items carry their ``id``).
+    async def save_response(self, response: StoredResponse, new_items: list[Item], *,
+                            unless_terminal: bool = False) -> bool:
+        """Insert or replace ``response`` and insert ``new_items`` (items carry their ``id``);
+        True when written.
 
         Items already stored under the same id are left as they are (items are immutable).
+        With ``unless_terminal``, a stored response whose body's ``status`` is final (one of
+        ``TERMINAL_STATUSES``) is left as it is, and so are the new items: returns False.
+        Without it, the write always happens (True).
         """
         ...
 
@@ -130,13 +153,20 @@ class Store(Protocol):
         """
         ...
 
-    # -- background work ---------------------------------------------------------------------
-    # A job row lives from ``enqueue`` until ``finish_job`` (or ``reap``, or the deletion of
-    # its response). A worker that claims it holds a lease that it renews; a lease that runs
-    # out means the worker died. Such a job is never claimed again: ``reap`` removes it and
-    # hands its response id to the caller, whose job it is to mark the response failed (a
-    # partial stream may already have been delivered, so re-running it would contradict it).
-    # Jobs are delivered at most once per ``enqueue``; the service settles what reap reports.
+
+class JobStore(Protocol):
+    """Background jobs and the event logs of background streams.
+
+    A job row lives from ``enqueue`` until ``finish_job`` (or ``reap``, or the deletion of
+    its response). A worker that claims it holds a lease that it renews. Workers are named
+    by ``register_worker``, and the store can tell whether a registered worker's process
+    still lives: a job is reaped only when its lease ran out and its holder is not known to
+    be alive (a live process never loses its own jobs, however late its renewals). A reaped
+    job is never claimed again: ``reap`` removes it and hands its response id to the caller,
+    whose job it is to mark the response failed (a partial stream may already have been
+    delivered, so re-running it would contradict it). Jobs are delivered at most once per
+    ``enqueue``; the service settles what reap reports.
+    """
 
     async def enqueue(
         self, response: StoredResponse, new_items: list[Item], payload: dict[str, Any]
@@ -146,6 +176,12 @@ class Store(Protocol):
 
         A job the response already had is replaced: unclaimed, cancel flag cleared, its
         former holder's lease gone (``renew`` then returns False)."""
+        ...
+
+    async def register_worker(self) -> str:
+        """A new worker name for this process, ``host:pid:random``, known to be alive on
+        every replica while this store is open (PostgreSQL: the store holds an advisory lock
+        keyed by the name; SQLite: the process lives)."""
         ...
 
     async def claim(self, worker: str, now: float, lease_seconds: float) -> Job | None:
@@ -162,14 +198,21 @@ class Store(Protocol):
         out but was not reaped yet can still be renewed by its holder."""
         ...
 
+    async def renew_worker(self, worker: str, now: float, lease_seconds: float) -> int:
+        """Extend every lease ``worker`` holds to ``now + lease_seconds``, in one statement;
+        the number of jobs it holds."""
+        ...
+
     async def finish_job(self, response_id: str) -> None:
         """Remove the job (the response row stays); a job already gone is no error."""
         ...
 
     async def reap(self, now: float) -> list[str]:
-        """Remove claimed jobs whose lease ran out (``lease_until < now``: their worker died)
-        and return their response ids; each id is returned to exactly one caller across
-        replicas. Unclaimed jobs are never reaped, however old."""
+        """Remove claimed jobs whose lease ran out (``lease_until < now``) and whose holder
+        is not known to be alive, and return their response ids; each id is returned to
+        exactly one caller across replicas. Unclaimed jobs are never reaped, however old,
+        nor are the jobs of a live registered worker, however late their lease. A holder
+        whose name ``register_worker`` did not give counts as dead."""
         ...
 
     async def request_cancel(self, response_id: str) -> bool:
@@ -185,12 +228,10 @@ class Store(Protocol):
 
         Returns at once when an unclaimed job already waits. A write on this store wakes
         waiters at once; one on another replica promptly (PostgreSQL: NOTIFY; SQLite: a
-        0.2 s poll), and within one poll (1 s) should a notification be lost. Never raises for a database failure (it is logged and the wait runs on until
-        its timeout), so a worker loop cannot die here; raises ``RuntimeError`` once the
-        store is closed."""
+        0.2 s poll), and within one poll (1 s) should a notification be lost. Never raises
+        for a database failure (it is logged and the wait runs on until its timeout), so a
+        worker loop cannot die here; raises ``RuntimeError`` once the store is closed."""
         ...
-
-    # -- event logs (background streams, for resume) ---------------------------------------
 
     async def append_events(self, response_id: str, events: list[dict[str, Any]]) -> None:
         """Append events (each has a ``sequence_number``) in order, in one transaction, and
@@ -212,11 +253,12 @@ class Store(Protocol):
         ``wait_for_jobs``; events of other responses do not wake it."""
         ...
 
-    # -- uploaded files ----------------------------------------------------------------------
-    # Contents live in the database, in the chunks they were written in, so every replica
-    # (and every background worker) reads the same files with no shared volume. A file is
-    # visible only once all of its contents are stored; a row is hidden once its
-    # ``expires_at`` is past and purged by ``purge_files``.
+
+class FileStore(Protocol):
+    """Uploaded files. Contents live in the database, in the chunks they were written in, so
+    every replica (and every background worker) reads the same files with no shared volume.
+    A file is visible only once all of its contents are stored; a row is hidden once its
+    ``expires_at`` is past and purged by ``purge_files``."""
 
     async def save_file(self, file: StoredFile, chunks: AsyncIterable[bytes]) -> None:
         """Store the contents, chunk by chunk as ``chunks`` yields them (each its own short
@@ -233,9 +275,9 @@ class Store(Protocol):
         self, *, purpose: str | None, limit: int, order: Literal["asc", "desc"],
         after: str | None, now: int,
     ) -> FilePage:
-        """Visible files by ``created_at`` (then id) in ``order``, optionally of one
-        ``purpose``; ``after`` is a file id: the page starts just beyond it (an unknown or
-        hidden cursor gives an empty page). ``has_more``: more files lie beyond the page."""
+        """Visible files by upload order in ``order``, optionally of one ``purpose``;
+        ``after`` is a file id: the page starts just beyond it (an unknown or hidden cursor
+        gives an empty page). ``has_more``: more files lie beyond the page."""
         ...
 
     def read_file(self, file_id: str) -> AsyncIterator[bytes]:
@@ -253,4 +295,11 @@ class Store(Protocol):
         never finished included; return the count."""
         ...
 
-    async def aclose(self) -> None: ...
+
+class Store(ResponseStore, JobStore, FileStore, Protocol):
+    """Durable state: every role, as one store opened on one database."""
+
+    async def aclose(self) -> None:
+        """Close the connections (releasing this store's worker locks); idempotent. Every
+        other method raises ``RuntimeError`` afterwards."""
+        ...

@@ -22,6 +22,13 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+from respond.store.statements import (
+    MIGRATION_DONE,
+    MIGRATIONS_DONE,
+    NEWEST_MIGRATION,
+    RECORD_MIGRATION,
+)
+
 log = logging.getLogger(__name__)
 
 # Portable between SQLite and PostgreSQL on purpose: one bookkeeping table for every dialect.
@@ -89,14 +96,14 @@ def apply_sqlite(conn: sqlite3.Connection, dialect: str = "sqlite") -> list[int]
         conn.execute("BEGIN IMMEDIATE")
         try:
             done = conn.execute(
-                "SELECT 1 FROM schema_migrations WHERE version = ?", (migration.version,)
+                MIGRATION_DONE.on("sqlite").text, {"version": migration.version}
             ).fetchone()
             if done is None:
                 for statement in sqlite_statements(migration.sql):
                     conn.execute(statement)
                 conn.execute(
-                    "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
-                    (migration.version, int(time.time())),
+                    RECORD_MIGRATION.on("sqlite").text,
+                    {"version": migration.version, "applied_at": int(time.time())},
                 )
                 applied.append(migration.version)
             conn.execute("COMMIT")
@@ -106,7 +113,7 @@ def apply_sqlite(conn: sqlite3.Connection, dialect: str = "sqlite") -> list[int]
             raise
         if done is None:
             log.info("applied %s migration %04d_%s", dialect, migration.version, migration.name)
-    newest = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0]
+    newest = conn.execute(NEWEST_MIGRATION.on("sqlite").text).fetchone()[0]
     if migrations and newest is not None and newest > migrations[-1].version:
         log.warning(
             "the database schema is at version %d, newer than this build knows (%d)",
@@ -148,13 +155,12 @@ async def apply_postgresql(conn: Any, *, create_schema: str | None = None) -> li
                 await conn.execute(
                     f"CREATE SCHEMA IF NOT EXISTS {quote_identifier(create_schema)}")
             await conn.execute(SCHEMA_MIGRATIONS)
-            done = {row[0] for row in await conn.fetch("SELECT version FROM schema_migrations")}
+            done = {row[0] for row in await conn.fetch(MIGRATIONS_DONE.on("postgresql").text)}
             if migration.version not in done:
                 await conn.execute(migration.sql)  # no arguments: a multi-statement script
-                await conn.execute(
-                    "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
-                    migration.version, int(time.time()),
-                )
+                record = RECORD_MIGRATION.on("postgresql")
+                await conn.execute(record.text, *record.args(
+                    {"version": migration.version, "applied_at": int(time.time())}))
                 applied.append(migration.version)
         if migration.version not in done:
             log.info("applied postgresql migration %04d_%s", migration.version, migration.name)
