@@ -21,10 +21,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from respond.backends import Backend
+from respond.engine.background import Background
 from respond.engine.files import FilesService
-from respond.engine.jobs import Background, Worker
 from respond.engine.media import MediaResolver
 from respond.engine.service import ResponsesService
+from respond.engine.worker import Worker
 from respond.errors import APIError, InvalidRequest, NotFound, ServerError
 from respond.http.auth import APIKeyAuth
 from respond.http.render import error_response

@@ -9,10 +9,13 @@ from pathlib import Path
 
 from respond.backends.scripted import ScriptedBackend
 from respond.domain import TextDelta
-from respond.engine.jobs import Background, Worker
+from respond.engine.background import Background
+from respond.engine.media import MediaResolver
+from respond.engine.worker import Worker
 from respond.engine.service import ResponsesService
 from respond.protocol.request import CreateResponse
 from respond.sealing import Sealer
+from respond.web.static import StaticFetcher
 from respond.store.sqlite import SQLiteStore
 
 
@@ -67,7 +70,8 @@ async def test_a_full_worker_waits_for_a_free_slot_without_spinning(tmp_path: Pa
     sqlite = await SQLiteStore.open(tmp_path / "respond.db")
     store = CountingStore(sqlite)
     backend = GatedBackend()
-    service = ResponsesService(store, {"m": backend}, retention_seconds=3600)  # type: ignore[arg-type]
+    service = ResponsesService(store, {"m": backend}, retention_seconds=3600,  # type: ignore[arg-type]
+                               media=MediaResolver(store, StaticFetcher()))  # type: ignore[arg-type]
     sealer = Sealer(b"test")
     background = Background(service, sealer)
     worker = Worker(service, sealer, concurrency=1, lease_seconds=30)

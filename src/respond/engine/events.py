@@ -10,12 +10,20 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from typing import Any
 
 from respond.domain import Finish, Usage
 from respond.ids import new_id
 
 Event = dict[str, Any]
+
+# What a call the model makes becomes, by the name it calls (see "tool calls" below).
+Classifier = Callable[[str], tuple[str, ...]]
+
+
+def _all_functions(name: str) -> tuple[str, ...]:
+    return ("function",)
 
 
 def usage_object(usage: Usage | None) -> dict[str, Any]:
@@ -32,9 +40,13 @@ def usage_object(usage: Usage | None) -> dict[str, Any]:
 class EventBuilder:
     """Builds the events of one response. ``response`` is the live object being built."""
 
-    def __init__(self, response: dict[str, Any]) -> None:
+    def __init__(self, response: dict[str, Any], *, sequence: int = 0,
+                 classify: Classifier = _all_functions) -> None:
+        """``sequence``: the number of the first event (a background run goes on from the
+        events logged when it was queued); ``classify``: what each called name becomes."""
         self.response = response
-        self.sequence = 0
+        self.sequence = sequence
+        self._classify = classify
         self._message: dict[str, Any] | None = None  # the open output message, if any
         self._text: list[str] = []
         self._output_index = -1
@@ -42,8 +54,6 @@ class EventBuilder:
         self._call_key: int | None = None  # the backend's index of the open call
         self._arguments: list[str] = []
         self._pending_arguments: str = ""  # fragments that came before the call's name
-        self.calls_made = 0
-        self.max_calls: int | None = None  # calls beyond this are dropped
         self._awaiting: dict[str, Any] | None = None  # a closed mcp_call not yet run
         self._listing: dict[str, Any] | None = None  # an mcp_list_tools being filled
         self._usage = Usage(0, 0)  # of earlier model turns of this response
@@ -195,7 +205,8 @@ class EventBuilder:
         ]
 
     # -- tool calls ------------------------------------------------------------------------
-    # A call the model makes becomes one of three items, as ``classify(name)`` says:
+    # A call the model makes becomes one of three items, as ``classify(name)`` says (calls
+    # over a turn's limit never reach the builder: the run drops them):
     #   ("function",)            a function_call the client runs;
     #   ("mcp", label, tool)     an mcp_call respond runs: after its arguments are done the
     #                            caller executes it and reports with ``mcp_result``;
@@ -213,11 +224,9 @@ class EventBuilder:
             if not name:  # the name has not arrived yet: hold the arguments back
                 self._pending_arguments += arguments
                 return events
-            if self.max_calls is not None and self.calls_made >= self.max_calls:
-                return events  # over the limit: this call is dropped
             arguments = self._pending_arguments + arguments
             self._pending_arguments = ""
-            kind = self.classify(name)
+            kind = self._classify(name)
             if kind[0] == "mcp":
                 events += self._open_mcp_call(kind[1], kind[2])
             elif kind[0] == "approval":
@@ -238,11 +247,6 @@ class EventBuilder:
                                       delta=arguments))
         return events
 
-    @staticmethod
-    def classify(name: str) -> tuple[str, ...]:
-        """Replaced per response when server-side tools are offered."""
-        return ("function",)
-
     @property
     def open_server_call(self) -> bool:
         """Whether an mcp_call is open: it must be closed and run before anything else."""
@@ -261,7 +265,6 @@ class EventBuilder:
         self._call = {"id": item_id, "type": "function_call", "status": "in_progress",
                       "call_id": call_id, "name": name, "arguments": ""}
         self._arguments = []
-        self.calls_made += 1
         self.response["output"].append(self._call)
         return [self._event("response.output_item.added", output_index=self._output_index,
                             item=dict(self._call))]
@@ -274,7 +277,6 @@ class EventBuilder:
                       "server_label": label, "name": name, "arguments": "", "output": None,
                       "error": None, "approval_request_id": approval_request_id}
         self._arguments = []
-        self.calls_made += 1
         self.response["output"].append(self._call)
         return [
             self._event("response.output_item.added", output_index=self._output_index,
@@ -287,7 +289,6 @@ class EventBuilder:
         self._call = {"id": new_id("mcp_approval_request"), "type": "mcp_approval_request",
                       "server_label": label, "name": name, "arguments": ""}
         self._arguments = []
-        self.calls_made += 1
 
     def _close_call(self, status: str = "completed") -> list[Event]:
         call = self._call
@@ -357,7 +358,7 @@ class EventBuilder:
     # -- tool listings ---------------------------------------------------------------------
 
     def mcp_list_started(self, label: str) -> list[Event]:
-        item = {"id": new_id("mcp_list_tools"), "type": "mcp_list_tools", "server_label": label,
+        item: dict[str, Any] = {"id": new_id("mcp_list_tools"), "type": "mcp_list_tools", "server_label": label,
                 "tools": [], "error": None}
         index = len(self.response["output"])
         self.response["output"].append(item)
@@ -369,7 +370,7 @@ class EventBuilder:
         ]
 
     def mcp_list_done(self, tools: list[dict[str, Any]] | None, error: str | None) -> list[Event]:
-        item = self._listing
+        item: dict[str, Any] | None = self._listing
         assert item is not None
         self._listing = None
         index = self.response["output"].index(item)

@@ -5,6 +5,8 @@ Any ``api-version`` query parameter (Azure) is accepted and ignored.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,10 +16,17 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Mount, Route
 
+from respond.engine.background import Background
 from respond.engine.files import FilesService
-from respond.engine.jobs import Background
+from respond.engine.run import Run
 from respond.engine.service import ResponsesService
-from respond.errors import APIError, InvalidRequest, PayloadTooLarge, UnknownParameter
+from respond.errors import (
+    APIError,
+    InvalidRequest,
+    ModelNotFound,
+    PayloadTooLarge,
+    UnknownParameter,
+)
 from respond.http.render import error_response, json_response, sse_frame
 from respond.http.uploads import receive_upload
 from respond.protocol.request import parse_create
@@ -72,7 +81,34 @@ async def create_response(request: Request) -> Response:
     run = await _service(request).create(req)
     if req.stream:
         return _stream(run.events())
-    return json_response(await run.fold())
+    response = await _fold_while_connected(request, run)
+    if response is None:
+        return Response(status_code=499)  # nobody is there to read it
+    return json_response(response)
+
+
+async def _fold_while_connected(request: Request, run: Run) -> dict[str, Any] | None:
+    """The whole response, unless the client goes away first: then the run is cancelled
+    (its generation stops and its slot is freed) and stored as ``cancelled``, as a stream
+    whose client disconnects is; None then."""
+    fold = asyncio.ensure_future(run.fold())
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait((fold, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not fold.done():
+            fold.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await fold
+    return None if fold.cancelled() else fold.result()
+
+
+async def _disconnected(request: Request) -> None:
+    """Return when the client closes its connection (the body was read already, so the
+    next message the server sends is ``http.disconnect``)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def get_response(request: Request) -> Response:
@@ -118,7 +154,8 @@ async def list_input_items(request: Request) -> Response:
         raise InvalidRequest("Invalid value for 'order': expected 'asc' or 'desc'.",
                              param="order", code="invalid_value")
     page = await _service(request).input_items(
-        request.path_params["response_id"], limit=limit, order=order,
+        request.path_params["response_id"], limit=limit,
+        order="asc" if order == "asc" else "desc",
         after=request.query_params.get("after"), before=request.query_params.get("before"),
     )
     return json_response(page)
@@ -206,8 +243,6 @@ async def list_models(request: Request) -> Response:
 
 
 async def get_model(request: Request) -> Response:
-    from respond.errors import ModelNotFound
-
     name = request.path_params["model"]
     if name not in _service(request).backends:
         raise ModelNotFound(name)
