@@ -28,13 +28,17 @@ async def logged_queries(store: PostgresStore) -> list[str]:
     return queries
 
 
+FOREVER = 3600.0  # waits that only what the test does can end
+HANG = 30.0  # seconds: only guards against a hang
+
+
 def event(n: int) -> dict[str, Any]:
     return {"type": "response.in_progress", "sequence_number": n}
 
 
 async def listener_pid(store: PostgresStore, *, not_: int | None = None) -> int:
     """The server pid of the store's listening connection (waits for a reconnect)."""
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + HANG
     while time.monotonic() < deadline:
         conn = store._listener._conn
         if conn is not None and not conn.is_closed() and conn.get_server_pid() != not_:
@@ -111,6 +115,9 @@ async def test_background_calls_are_one_round_trip_each(pg: PostgresBackend) -> 
             store.append_events(rid, [event(0), event(1), event(2)]),
             store.read_events(rid, -1),
             store.reap(NOW),
+            store.renew_worker("w", NOW, 30),
+            store.save_response(response(rid, [f"{rid}_in"], [], status="completed"), [],
+                                unless_terminal=True),
             store.finish_job(rid),
         ]
 
@@ -137,14 +144,12 @@ async def test_notify_wakes_waiters_on_another_connection(
     waiter, writer = await pg.open(), await pg.open()
     await save_turn(writer, "resp_1", None)
 
-    follow = asyncio.create_task(waiter.wait_for_events("resp_1", -1, 30))
-    jobs = asyncio.create_task(waiter.wait_for_jobs(30))
+    follow = asyncio.create_task(waiter.wait_for_events("resp_1", -1, FOREVER))
+    jobs = asyncio.create_task(waiter.wait_for_jobs(FOREVER))
     await asyncio.sleep(0.2)
     await writer.append_events("resp_1", [event(0)])
     await writer.enqueue(response("resp_2", [], []), [], {})
-    started = time.monotonic()
-    await asyncio.wait_for(asyncio.gather(follow, jobs), 30)
-    assert time.monotonic() - started < 0.5
+    await asyncio.wait_for(asyncio.gather(follow, jobs), HANG)  # no poll for a minute
 
 
 async def test_other_schemas_do_not_wake_us(pg: PostgresBackend, no_polling: None) -> None:
@@ -159,11 +164,14 @@ async def test_other_schemas_do_not_wake_us(pg: PostgresBackend, no_polling: Non
             await theirs.append_events("resp_1", [event(0)])
             await theirs.enqueue(response("resp_2", [], []), [], {})
 
-        writing = asyncio.create_task(write_there())
-        started = time.monotonic()
-        await asyncio.gather(ours.wait_for_events("resp_1", -1, 0.6), ours.wait_for_jobs(0.6))
-        assert time.monotonic() - started > 0.55  # both timed out
-        await writing
+        waits = [asyncio.create_task(ours.wait_for_events("resp_1", -1, FOREVER)),
+                 asyncio.create_task(ours.wait_for_jobs(FOREVER))]
+        await write_there()
+        await asyncio.sleep(0.5)  # time for their notifications to arrive (and be ignored)
+        assert not any(wait.done() for wait in waits)
+        for wait in waits:
+            wait.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
     finally:
         await neighbour.aclose()
 
@@ -175,12 +183,10 @@ async def test_a_lost_notification_delays_a_follower_by_one_poll(pg: PostgresBac
     assert listening is not None
     await listening.execute(f'UNLISTEN "{waiter._events_channel}"')  # notifications lost
 
-    follow = asyncio.create_task(waiter.wait_for_events("resp_1", -1, 30))
+    follow = asyncio.create_task(waiter.wait_for_events("resp_1", -1, FOREVER))
     await asyncio.sleep(0.1)
     await writer.append_events("resp_1", [event(0)])
-    started = time.monotonic()
-    await asyncio.wait_for(follow, 30)
-    assert time.monotonic() - started < postgres_module.POLL_SECONDS + 0.5
+    await asyncio.wait_for(follow, HANG)  # the poll's doing: no notification came
 
 
 async def test_the_listener_reconnects_after_its_connection_is_killed(
@@ -193,22 +199,64 @@ async def test_the_listener_reconnects_after_its_connection_is_killed(
 
     # A follower waiting through the outage is woken when the listener comes back, since
     # whatever was notified in between is lost.
-    follow = asyncio.create_task(waiter.wait_for_events("resp_1", -1, 30))
+    follow = asyncio.create_task(waiter.wait_for_events("resp_1", -1, FOREVER))
     await asyncio.sleep(0.1)
     await pg.execute(f"SELECT pg_terminate_backend({pid})")
     await asyncio.sleep(0.1)  # down: this notification goes nowhere
     await writer.append_events("resp_1", [event(0)])
-    await asyncio.wait_for(follow, 5)
+    await asyncio.wait_for(follow, HANG)
     new_pid = await listener_pid(waiter, not_=pid)
     assert new_pid != pid
 
     # and notifications flow again
-    follow = asyncio.create_task(waiter.wait_for_events("resp_1", 0, 30))
+    follow = asyncio.create_task(waiter.wait_for_events("resp_1", 0, FOREVER))
     await asyncio.sleep(0.1)
     await writer.append_events("resp_1", [event(1)])
-    started = time.monotonic()
-    await asyncio.wait_for(follow, 30)
-    assert time.monotonic() - started < 0.5
+    await asyncio.wait_for(follow, HANG)
+
+
+# -- worker locks ----------------------------------------------------------------------------
+
+
+async def lock_holders(pg: PostgresBackend, worker: str) -> list[int]:
+    """The server pids holding ``worker``'s advisory lock."""
+    rows = await pg.fetch(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1"
+        " AND ((classid::bigint << 32) | objid::bigint) = hashtextextended("
+        f"'{worker}', 0)")
+    return [pid for (pid,) in rows]
+
+
+async def test_a_worker_lock_is_held_by_the_stores_own_connection_until_it_closes(
+    pg: PostgresBackend,
+) -> None:
+    store = await pg.open()
+    worker = await store.register_worker()
+    assert await lock_holders(pg, worker) == [await listener_pid(store)]
+    await store.aclose()
+    deadline = time.monotonic() + HANG
+    while await lock_holders(pg, worker):  # the server ends the session in its own time
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+
+
+async def test_worker_locks_are_taken_again_when_the_connection_comes_back(
+    pg: PostgresBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(listener_module, "RECONNECT_MIN_SECONDS", 0.1)
+    holder, reaper = await pg.open(), await pg.open()
+    workers = [await holder.register_worker() for _ in range(2)]
+    await holder.enqueue(response("resp_1", [], []), [], {})
+    assert await holder.claim(workers[0], NOW, 10) is not None
+    pid = await listener_pid(holder)
+
+    await pg.execute(f"SELECT pg_terminate_backend({pid})")
+    new_pid = await listener_pid(holder, not_=pid)
+    deadline = time.monotonic() + HANG
+    while [await lock_holders(pg, worker) for worker in workers] != [[new_pid]] * 2:
+        assert time.monotonic() < deadline, "the locks were not taken again"
+        await asyncio.sleep(0.05)
+    assert await reaper.reap(NOW + 10**6) == []
 
 
 async def test_a_killed_pool_connection_is_replaced(pg: PostgresBackend) -> None:

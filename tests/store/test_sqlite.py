@@ -5,9 +5,10 @@ itself is in test_contract.py and test_background.py, for every adapter."""
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import sqlite3
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,6 +18,10 @@ from storekit import NOW, ids, response, save_turn
 from respond.store import StoredResponse
 from respond.store.migrations import apply_sqlite, load, sqlite_statements
 from respond.store.sqlite import SQLiteStore, database_path
+from respond.store.sqlite_connection import LIVE_WORKERS, worker_alive
+
+FOREVER = 3600.0  # waits that only what the test does can end
+HANG = 30.0  # seconds: only guards against a hang
 
 
 @pytest.fixture
@@ -101,14 +106,17 @@ async def test_a_held_write_lock_does_not_stall_the_event_loop(db_path: Path,
             await asyncio.sleep(0.01)
             ticks += 1
 
+    async def ticked(n: int) -> None:
+        while ticks < n:
+            await asyncio.sleep(0.01)
+
     ticker = asyncio.create_task(tick())
     saving = asyncio.create_task(save_turn(store, "resp_1", None))
     try:
-        await asyncio.sleep(0.3)
+        await asyncio.wait_for(ticked(10), HANG)  # the loop runs while the save waits
         assert not saving.done()
-        assert ticks >= 10  # the loop ran while the save waited
         other.execute("COMMIT")
-        await asyncio.wait_for(saving, 5)
+        await asyncio.wait_for(saving, HANG)
     finally:
         ticker.cancel()
         other.close()
@@ -137,21 +145,64 @@ async def test_a_waiter_notices_another_process(db_path: Path, store: SQLiteStor
         "    store = await SQLiteStore.open(sys.argv[1])\n"
         "    await asyncio.sleep(0.3)\n"
         "    await store.append_events('resp_1', [{'sequence_number': 0, 'type': 'x'}])\n"
-        "    print(time.time(), flush=True)\n"
         "    await store.aclose()\n"
         "asyncio.run(main())\n"
     )
     child = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", "import time\n" + script, f"sqlite:///{db_path}",
-        stdout=asyncio.subprocess.PIPE)
-    try:
-        await store.wait_for_events("resp_1", -1, 20)
-        woken = time.time()
+        sys.executable, "-c", script, f"sqlite:///{db_path}")
+    try:  # only the poll can wake it: the wait itself would last an hour
+        await asyncio.wait_for(store.wait_for_events("resp_1", -1, FOREVER), HANG)
     finally:
-        out, _ = await asyncio.wait_for(child.communicate(), 20)
+        await asyncio.wait_for(child.wait(), HANG)
     assert child.returncode == 0
     assert await store.read_events("resp_1", -1) == [{"sequence_number": 0, "type": "x"}]
-    assert woken - float(out) < 0.5  # the 0.2 s poll, not the 20 s timeout
+
+
+async def test_a_worker_in_another_live_process_keeps_its_jobs(
+    db_path: Path, store: SQLiteStore
+) -> None:
+    """Liveness on SQLite is the holder's process: alive while it runs, however late its
+    lease; once it is gone (killed: it closed nothing), its job is reaped."""
+    await store.enqueue(response("resp_1", [], [], status="queued"), [], {})
+    script = (
+        "import asyncio, sys\n"
+        "from respond.store.sqlite import SQLiteStore\n"
+        "async def main():\n"
+        "    store = await SQLiteStore.open(sys.argv[1])\n"
+        "    worker = await store.register_worker()\n"
+        "    job = await store.claim(worker, 1000, 10)\n"
+        "    print(worker, job.response_id, flush=True)\n"
+        "    sys.stdin.readline()\n"
+        "asyncio.run(main())\n"
+    )
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, f"sqlite:///{db_path}",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    try:
+        assert child.stdout is not None
+        worker, claimed = (await asyncio.wait_for(child.stdout.readline(), HANG)).split()
+        assert claimed == b"resp_1" and worker.decode().split(":")[1] == str(child.pid)
+        assert await store.reap(NOW + 10**6) == []
+        assert await store.renew_worker(worker.decode(), NOW + 10**6, 10) == 1
+    finally:
+        child.kill()
+        await asyncio.wait_for(child.wait(), HANG)
+    assert await store.reap(NOW + 10**7) == ["resp_1"]
+
+
+def test_worker_liveness_on_this_host() -> None:
+    host, pid = socket.gethostname(), os.getpid()
+    mine = f"{host}:{pid}:abc"
+    assert worker_alive(mine) is False  # this process, but no open store registered it
+    LIVE_WORKERS.add(mine)
+    try:
+        assert worker_alive(mine) is True
+    finally:
+        LIVE_WORKERS.discard(mine)
+    assert worker_alive(f"{host}:{os.getppid()}:x") is True  # another live process
+    assert worker_alive(f"not-{host}:{os.getppid()}:x") is False  # another host: unknown
+    for name in ("w1", "", f"{host}:", f"{host}:abc:x", None):
+        assert worker_alive(name) is False
 
 
 async def test_concurrent_opens_of_a_new_file_apply_migrations_once(db_path: Path) -> None:
