@@ -128,13 +128,28 @@ def sdk_error(exc: openai.APIStatusError, status: int, *, code: Any = ...,
     return assert_error(exc.response, status, code=code, param=param)
 
 
-def wait_until(condition: Callable[[], bool], within: float = 3.0) -> bool:
+def wait_until(condition: Callable[[], bool], within: float = 60.0) -> bool:
+    """Whether ``condition`` comes true; ``within`` only guards against a hang."""
     deadline = time.monotonic() + within
     while not condition():
         if time.monotonic() > deadline:
             return False
         time.sleep(0.02)
     return True
+
+
+TERMINAL = ("completed", "incomplete", "failed", "cancelled")
+
+
+def finished(client: openai.OpenAI, response_id: str, within: float = 60.0) -> Any:
+    """The response once it reached a terminal status (``within`` only guards against a
+    hang: the last state seen is returned then, for the caller's assertion to name)."""
+    deadline = time.monotonic() + within
+    while True:
+        response = client.responses.retrieve(response_id)
+        if response.status in TERMINAL or time.monotonic() > deadline:
+            return response
+        time.sleep(0.05)
 
 
 def chat_messages(received: Any) -> list[dict[str, Any]]:

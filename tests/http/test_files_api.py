@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 from documents import make_image, make_pdf
-from e2e import assert_error, client_for, sdk_error
+from e2e import assert_error, client_for, sdk_error, wait_until
 from openai.types import FileObject
 from servers import RunningServer, serve
 
@@ -174,16 +174,23 @@ def test_every_prefix_serves_files(server: RunningServer) -> None:
 
 
 def test_expired_files_are_hidden_and_purged(tmp_path_factory: pytest.TempPathFactory) -> None:
-    config = {"server": {"retention_days": 1 / 86400},  # files live one second
+    config = {"server": {"retention_days": 4 / 86400},  # files live four seconds
               "models": {"m": {"backend": "openai", "base_url": "http://127.0.0.1:9/v1"}}}
     with serve(config, tmp_path_factory.mktemp("expiring")) as short:
         client = client_for(short)
         created = client.files.create(file=("a.txt", b"soon gone"), purpose="user_data")
-        assert created.expires_at == created.created_at + 1
+        assert created.expires_at == created.created_at + 4
         assert client.files.retrieve(created.id).id == created.id
-        time.sleep(2.1)
-        with pytest.raises(openai.NotFoundError):
-            client.files.retrieve(created.id)
+
+        def hidden() -> bool:
+            try:
+                client.files.retrieve(created.id)
+            except openai.NotFoundError:
+                return True
+            return False
+
+        assert wait_until(hidden), "the file outlived its expiry"
+        assert time.time() >= created.expires_at, "the file was hidden before its expiry"
         assert created.id not in [f.id for f in client.files.list()]
         store = short.service.store
         assert short.call(store.purge_files(int(time.time()))) >= 1

@@ -14,14 +14,20 @@ images and documents by URL.
 from __future__ import annotations
 
 import base64
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import openai
 import pytest
 from documents import StaticServer, data_url, decode_data_url, make_image, make_pdf
-from e2e import EMBEDDED_MODEL, client_for, free_port, sdk_error, upstream  # noqa: F401
+from e2e import (  # noqa: F401  (upstream: a fixture)
+    EMBEDDED_MODEL,
+    client_for,
+    finished,
+    free_port,
+    sdk_error,
+    upstream,
+)
 from servers import RunningServer, serve
 from wire import check_response
 
@@ -331,10 +337,7 @@ def test_background_responses_resolve_files_in_the_worker(client: openai.OpenAI,
     image = client.files.create(file=("photo.jpg", JPEG), purpose="vision")
     job = client.responses.create(model="vis", background=True, input=ask(
         {"type": "input_file", "file_id": pdf.id}, {"type": "input_image", "file_id": image.id}))
-    deadline = time.monotonic() + 15
-    while job.status in ("queued", "in_progress") and time.monotonic() < deadline:
-        time.sleep(0.05)
-        job = client.responses.retrieve(job.id)
+    job = finished(client, job.id)
     assert job.status == "completed", job.error
     content = user_content(upstream)
     assert "PERIWINKLE" in next(p["text"] for p in content if p["type"] == "text"
@@ -350,11 +353,8 @@ def test_a_dead_upstream_is_a_5xx_or_a_failed_response(client: openai.OpenAI) ->
     with pytest.raises(openai.InternalServerError) as caught:
         client.responses.create(model="dead", input=ask(*parts))
     assert caught.value.status_code == 502
-    job = client.responses.create(model="dead", background=True, input=ask(*parts))
-    deadline = time.monotonic() + 15
-    while job.status in ("queued", "in_progress") and time.monotonic() < deadline:
-        time.sleep(0.05)
-        job = client.responses.retrieve(job.id)
+    job = finished(client, client.responses.create(model="dead", background=True,
+                                                   input=ask(*parts)).id)
     assert job.status == "failed"
     assert job.error is not None
 

@@ -396,7 +396,7 @@ def test_truncation_auto_drops_the_oldest_turns(
 
 def test_closing_a_foreground_stream_stops_the_upstream(
         client: openai.OpenAI, upstream: UpstreamServer) -> None:
-    upstream.configure(tokens=400, delay=0.02)
+    upstream.configure(tokens=5000, delay=0.02)  # 100 s of tokens, had it run on
     response_id = None
     deltas = 0
     with client.responses.stream(model=UP, input="count slowly") as stream:
@@ -408,12 +408,12 @@ def test_closing_a_foreground_stream_stops_the_upstream(
                 if deltas == 3:
                     break
     assert response_id is not None
-    assert wait_until(lambda: upstream.disconnects >= 1, within=3), "upstream kept generating"
+    assert wait_until(lambda: upstream.disconnects >= 1), "upstream kept generating"
 
     def stored() -> bool:
         return httpx.get(client_base(client) + f"/responses/{response_id}").status_code == 200
 
-    assert wait_until(stored, within=3)
+    assert wait_until(stored)
     body = httpx.get(client_base(client) + f"/responses/{response_id}").json()
     check_response(body)
     assert body["status"] == "cancelled"
@@ -422,7 +422,8 @@ def test_closing_a_foreground_stream_stops_the_upstream(
 
 def test_a_response_being_generated_can_be_retrieved(
         client: openai.OpenAI, upstream: UpstreamServer) -> None:
-    upstream.configure(tokens=40, delay=0.02)
+    # 100 s of tokens: the response is still being generated whenever the client looks
+    upstream.configure(tokens=5000, delay=0.02)
     with client.responses.stream(model=UP, input="count slowly") as stream:
         deltas = 0
         for event in stream:
@@ -432,12 +433,15 @@ def test_a_response_being_generated_can_be_retrieved(
                 deltas += 1
                 if deltas == 5:
                     during = httpx.get(client_base(client) + f"/responses/{response_id}").json()
-        final = stream.get_final_response()
+                    break
     check_response(during)
     assert during["status"] == "in_progress"
     text = during["output"][0]["content"][0]["text"]
-    assert text.startswith("tok0 tok1 tok2 tok3 tok4") and text != final.output_text
-    assert client.responses.retrieve(response_id).output_text == final.output_text
+    assert text.startswith("tok0 tok1 tok2 tok3 tok4")
+    # the client went away: what is stored in the end continues what was seen
+    assert wait_until(lambda: client.responses.retrieve(response_id).status == "cancelled")
+    stored = client.responses.retrieve(response_id).output_text
+    assert stored.startswith(text) and len(stored.split()) < 5000
 
 
 def client_base(client: openai.OpenAI) -> str:
