@@ -177,27 +177,6 @@ async def test_a_request_the_engine_refuses_is_invalid(backend: LlamaCppBackend)
         await collect(backend, Generation(HELLO, extra={"json_schema": {"type": "bogus"}}))
 
 
-async def test_two_generations_run_in_parallel_slots(backend: LlamaCppBackend) -> None:
-    loop = asyncio.get_running_loop()
-    first_delta: list[float] = []
-    finished: list[float] = []
-
-    async def run_and_mark() -> None:
-        seen = False
-        async for delta in backend.generate(endless(STORY, 40)):
-            if isinstance(delta, Finish):
-                finished.append(loop.time())
-            elif not seen:
-                seen = True
-                first_delta.append(loop.time())
-
-    await asyncio.gather(run_and_mark(), run_and_mark())
-
-    assert len(first_delta) == 2 and len(finished) == 2
-    # both streams were producing before either of them ended
-    assert max(first_delta) < min(finished)
-
-
 class Watched:
     """A llama.cpp engine that notes, for every blocking call into it, the thread it ran on
     and, once it returned, how many chunks it produced (the test keeps the lists, never the
@@ -229,6 +208,25 @@ async def until(condition: Callable[[], bool], what: str) -> None:
         while not condition():
             await asyncio.sleep(0.02)
     assert condition(), what
+
+
+async def test_two_generations_run_in_parallel_slots(backend: LlamaCppBackend) -> None:
+    threads: list[int] = []
+    produced: list[int] = []
+    engine = backend._server
+    backend._server = Watched(engine, threads, produced)
+    try:
+        first = backend.generate(endless(STORY, 900))
+        second = backend.generate(endless(STORY, 900))
+        assert isinstance(await anext(first), TextDelta)
+        assert isinstance(await anext(second), TextDelta)
+        # with one slot, the second would have waited for the first to run its 900 tokens
+        assert produced == [], "the second generation waited for the first to end"
+        await first.aclose()
+        await second.aclose()
+        await until(lambda: len(produced) == 2, "the generations did not stop")
+    finally:
+        backend._server = engine
 
 
 async def test_abandoned_generations_stop_free_their_slots_and_never_block_the_loop(
