@@ -5,8 +5,11 @@ few macros in braces; ``Sql.on(dialect)`` renders it once per dialect and keeps 
 so the text sent is constant (SQLite's statement cache and asyncpg's prepared statements
 both key on it).
 
-- Parameters: SQLite keeps ``:name`` and binds a mapping; PostgreSQL gets ``$1, $2...`` in
-  order of first use, and ``Rendered.args`` turns the same mapping into that tuple.
+- Parameters become ``?1, ?2...`` (SQLite) or ``$1, $2...`` (PostgreSQL), numbered in
+  order of first use, and ``Rendered.args`` turns a mapping of values into that tuple.
+  Statements on a hot path declare their order (``params``, checked when rendered) and
+  are given tuples directly: building and binding a mapping costs about as much as a
+  small SQLite read.
 - Casts (``:ids::text[]``) are for PostgreSQL's type inference; SQLite drops them.
 - Booleans are written ``true``/``false``, which both understand (SQLite 3.23+).
 - Macros, ``{name}`` or ``{name:argument}``:
@@ -14,7 +17,11 @@ both key on it).
   ``{each:ids AS j}``       the id-list parameter ``ids`` as rows ``j.value`` (the id) and
                              ``j.key`` (its place): ``json_each`` of a JSON array on SQLite,
                              ``unnest ... WITH ORDINALITY`` of a ``text[]`` on PostgreSQL.
-  ``{concat:x ORDER BY k}`` JSON documents ``x`` joined with commas, one text (no brackets).
+  ``{lookup:t AS i|i.id|:ids}`` the FROM and WHERE of the rows of ``t`` whose ``i.id`` is
+                             one of the ids (ends the statement): the id list drives the
+                             join on SQLite, ``= ANY`` on PostgreSQL (each the fastest).
+  ``{concat:x ORDER BY k}`` JSON documents ``x`` as the text of one JSON array (NULL for
+                             none), built by the database: one string to parse, not a row each.
                              SQLite (before 3.44) cannot order an aggregate: the order is the
                              scan's, which callers check (``pages.in_order``).
   ``{field:doc|key}``       the text of ``doc``'s top-level ``key``, NULL when absent.
@@ -40,6 +47,8 @@ from typing import Any, Literal
 import orjson
 
 DialectName = Literal["sqlite", "postgresql"]
+_DIALECTS: tuple[DialectName, ...] = ("sqlite", "postgresql")
+Values = Mapping[str, Any] | tuple[Any, ...]  # by name, or already in parameter order
 
 _PARAMETER = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 _CAST = re.compile(r"::\w+(\[\])?")
@@ -54,12 +63,12 @@ _PG_ADVISORY_HOLDERS = (
 
 def _concat_sqlite(arg: str) -> str:
     expr = arg.split(" ORDER BY ")[0]
-    return f"group_concat({expr}, ',')"
+    return f"'[' || group_concat({expr}, ',') || ']'"
 
 
 def _concat_postgresql(arg: str) -> str:
     expr, _, order = arg.partition(" ORDER BY ")
-    return f"string_agg(({expr})::text, ','{' ORDER BY ' + order if order else ''})"
+    return f"'[' || string_agg(({expr})::text, ','{' ORDER BY ' + order if order else ''}) || ']'"
 
 
 def _each(arg: str, sqlite: bool) -> str:
@@ -67,6 +76,13 @@ def _each(arg: str, sqlite: bool) -> str:
     if sqlite:
         return f"json_each({param}) AS {alias}"
     return f"unnest({param}::text[]) WITH ORDINALITY AS {alias} (value, key)"
+
+
+def _lookup(arg: str, sqlite: bool) -> str:
+    table, key, param = arg.split("|")
+    if sqlite:
+        return f"json_each({param}) AS j CROSS JOIN {table} WHERE {key} = j.value"
+    return f"{table} WHERE {key} = ANY({param}::text[])"
 
 
 def _field(arg: str, sqlite: bool) -> str:
@@ -77,6 +93,7 @@ def _field(arg: str, sqlite: bool) -> str:
 _MACROS: dict[DialectName, dict[str, Callable[[str], str]]] = {
     "sqlite": {
         "each": lambda arg: _each(arg, True),
+        "lookup": lambda arg: _lookup(arg, True),
         "concat": _concat_sqlite,
         "field": lambda arg: _field(arg, True),
         "empty_ids": lambda _: "'[]'",
@@ -86,6 +103,7 @@ _MACROS: dict[DialectName, dict[str, Callable[[str], str]]] = {
     },
     "postgresql": {
         "each": lambda arg: _each(arg, False),
+        "lookup": lambda arg: _lookup(arg, False),
         "concat": _concat_postgresql,
         "field": lambda arg: _field(arg, False),
         "empty_ids": lambda _: "'{}'",
@@ -101,14 +119,13 @@ class Rendered:
     """A statement's text in one dialect, and the order its parameters are bound in."""
 
     text: str
-    names: tuple[str, ...]  # PostgreSQL: the names behind $1, $2...; SQLite: ()
-    positional: bool
+    names: tuple[str, ...]  # the names behind ?1 / $1, ?2 / $2...
 
-    def args(self, values: Mapping[str, Any]) -> Any:
-        """What the driver binds: the mapping itself (SQLite), or a tuple in ``$n`` order."""
-        if not self.positional:
+    def args(self, values: Values) -> tuple[Any, ...]:
+        """The values in parameter order (a tuple is taken to be in that order already)."""
+        if isinstance(values, tuple):
             return values
-        return tuple(values[name] for name in self.names)
+        return tuple([values[name] for name in self.names])
 
 
 def render(template: str, dialect: DialectName) -> Rendered:
@@ -122,33 +139,45 @@ def render(template: str, dialect: DialectName) -> Rendered:
 
     text = _MACRO.sub(expand, template).strip()
     if dialect == "sqlite":
-        return Rendered(_CAST.sub("", text), (), False)
+        text = _CAST.sub("", text)
+    mark = "?" if dialect == "sqlite" else "$"
     names: list[str] = []
 
     def number(match: re.Match[str]) -> str:
         if match[1] not in names:
             names.append(match[1])
-        return f"${names.index(match[1]) + 1}"
+        return f"{mark}{names.index(match[1]) + 1}"
 
-    return Rendered(_PARAMETER.sub(number, text), tuple(names), True)
+    return Rendered(_PARAMETER.sub(number, text), tuple(names))
 
 
 @dataclass(eq=False, slots=True)
 class Sql:
-    """One statement, written once. ``only`` marks a statement that exists for one database
-    alone (a fast path the other cannot express); rendering it for the other is a bug."""
+    """One statement, written once, rendered for each database it serves when defined.
+
+    ``only`` marks a statement that exists for one database alone (a fast path the other
+    cannot express); rendering it for the other is a bug. ``params``: the parameter order,
+    for callers that pass tuples. ``rendered`` holds the renderings by dialect (``on``
+    says which statement was misused when one is missing)."""
 
     template: str
     only: DialectName | None = None
-    _rendered: dict[str, Rendered] = field(default_factory=dict, repr=False)
+    params: tuple[str, ...] | None = None
+    rendered: dict[str, Rendered] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        for dialect in _DIALECTS:
+            if self.only in (None, dialect):
+                rendered = self.rendered[dialect] = render(self.template, dialect)
+                if self.params is not None and rendered.names != self.params:
+                    raise ValueError(f"parameters {rendered.names}, declared {self.params}: "
+                                     f"{self.first_line}")
 
     def on(self, dialect: DialectName) -> Rendered:
-        rendered = self._rendered.get(dialect)
-        if rendered is None:
-            if self.only is not None and self.only != dialect:
-                raise ValueError(f"a {self.only}-only statement rendered for {dialect}")
-            rendered = self._rendered[dialect] = render(self.template, dialect)
-        return rendered
+        try:
+            return self.rendered[dialect]
+        except KeyError:
+            raise ValueError(f"a {self.only}-only statement used on {dialect}") from None
 
     @property
     def first_line(self) -> str:

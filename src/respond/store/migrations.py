@@ -96,15 +96,14 @@ def apply_sqlite(conn: sqlite3.Connection, dialect: str = "sqlite") -> list[int]
         conn.execute("BEGIN IMMEDIATE")
         try:
             done = conn.execute(
-                MIGRATION_DONE.on("sqlite").text, {"version": migration.version}
+                MIGRATION_DONE.on("sqlite").text, (migration.version,)
             ).fetchone()
             if done is None:
                 for statement in sqlite_statements(migration.sql):
                     conn.execute(statement)
-                conn.execute(
-                    RECORD_MIGRATION.on("sqlite").text,
-                    {"version": migration.version, "applied_at": int(time.time())},
-                )
+                record = RECORD_MIGRATION.on("sqlite")
+                conn.execute(record.text, record.args(
+                    {"version": migration.version, "applied_at": int(time.time())}))
                 applied.append(migration.version)
             conn.execute("COMMIT")
         except BaseException:

@@ -31,6 +31,7 @@ import asyncio
 import hashlib
 import logging
 from collections import OrderedDict
+from collections.abc import Awaitable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -41,9 +42,9 @@ from respond.errors import ServerError
 from respond.store import Item, StoredResponse
 from respond.store import statements as sql
 from respond.store.cache import ItemCache, fill
-from respond.store.core import SqlCore, json_list, new_worker_name, response_values
+from respond.store.core import SqlCore, json_list, new_worker_name, response_row
 from respond.store.core import stored_response as _stored_response
-from respond.store.dialect import Sql
+from respond.store.dialect import Sql, Values
 from respond.store.listener import Connect, Listener
 from respond.store.migrations import apply_postgresql, quote_identifier
 from respond.store.pages import in_order
@@ -147,7 +148,7 @@ class PostgresStore(SqlCore):
 
     # -- primitives (store/core.py) -----------------------------------------------------------
 
-    async def _call(self, method: str, statement: Sql, values: dict[str, Any]) -> Any:
+    async def _call(self, method: str, statement: Sql, values: Values) -> Any:
         self._check_open()
         self.statements += 1
         rendered = statement.on("postgresql")
@@ -156,33 +157,34 @@ class PostgresStore(SqlCore):
         except _ERRORS as exc:
             raise _failure(statement.first_line, exc) from exc
 
-    async def _row(self, statement: Sql, values: dict[str, Any], *, heavy: bool = False) -> Any:
-        return await self._call("fetchrow", statement, values)
+    def _row(self, statement: Sql, values: Values, *, heavy: bool = False) -> Awaitable[Any]:
+        return self._call("fetchrow", statement, values)
 
-    async def _rows(self, statement: Sql, values: dict[str, Any], *,
-                    heavy: bool = False) -> list[Any]:
-        return await self._call("fetch", statement, values)
+    def _rows(self, statement: Sql, values: Values, *,
+              heavy: bool = False) -> Awaitable[list[Any]]:
+        return self._call("fetch", statement, values)
 
-    async def _value(self, statement: Sql, values: dict[str, Any]) -> Any:
-        return await self._call("fetchval", statement, values)
+    def _value(self, statement: Sql, values: Values) -> Awaitable[Any]:
+        return self._call("fetchval", statement, values)
 
-    async def _change(self, statement: Sql, values: dict[str, Any], *,
-                      heavy: bool = False) -> int:
+    async def _change(self, statement: Sql, values: Values, *, heavy: bool = False) -> int:
         status = await self._call("execute", statement, values)
         return int(status.rsplit(" ", 1)[-1])
 
-    async def _take(self, probe: Sql, write: Sql, values: dict[str, Any]) -> list[Any]:
-        return await self._rows(write, values)  # one round trip; SKIP LOCKED never waits
+    def _take(self, probe: Sql, write: Sql, values: Values) -> Awaitable[list[Any]]:
+        return self._rows(write, values)  # one round trip; SKIP LOCKED never waits
 
     # -- responses and items -----------------------------------------------------------------
 
     async def save_response(self, response: StoredResponse, new_items: list[Item], *,
                             unless_terminal: bool = False) -> bool:
-        values = _save_values(response, new_items)
+        item_data = [orjson.dumps(item).decode() for item in new_items]
+        values = (*response_row(response, "postgresql"), [item["id"] for item in new_items],
+                  item_data)
         statement = sql.PG_SAVE_UNLESS_TERMINAL if unless_terminal else sql.PG_SAVE
         if not await self._value(statement, values):
             return False  # a final status was stored: nothing of this write is
-        self._note_saved(response, values["item_data"])
+        self._note_saved(response, item_data)
         return True
 
     def _note_saved(self, response: StoredResponse, item_texts: list[str]) -> None:
@@ -199,7 +201,7 @@ class PostgresStore(SqlCore):
     async def load_context(
         self, response_id: str, now: int
     ) -> tuple[StoredResponse, list[Item]] | None:
-        values = {"id": response_id, "now": now}
+        values = (response_id, now)
         if response_id not in self._whole:
             row = await self._row(sql.PG_LOAD_CONTEXT, values)
             if row is None:
@@ -248,8 +250,10 @@ class PostgresStore(SqlCore):
     async def enqueue(
         self, response: StoredResponse, new_items: list[Item], payload: dict[str, Any]
     ) -> None:
-        values = _save_values(response, new_items)
-        values.update(payload=orjson.dumps(payload).decode(), channel=self._jobs_channel)
+        values = dict(zip(sql.RESPONSE_PARAMS, response_row(response, "postgresql"), strict=True))
+        values.update(item_ids=[item["id"] for item in new_items],
+                      item_data=[orjson.dumps(item).decode() for item in new_items],
+                      payload=orjson.dumps(payload).decode(), channel=self._jobs_channel)
         await self._value(sql.PG_ENQUEUE, values)
         self._wakeups.jobs_enqueued()
 
@@ -300,13 +304,6 @@ class PostgresStore(SqlCore):
             log.warning("PostgreSQL connections still busy after %.0f s; closing them anyway",
                         CLOSE_TIMEOUT_SECONDS)
             self._pool.terminate()
-
-
-def _save_values(response: StoredResponse, new_items: list[Item]) -> dict[str, Any]:
-    values = response_values(response, "postgresql")
-    values["item_ids"] = [item["id"] for item in new_items]
-    values["item_data"] = [orjson.dumps(item).decode() for item in new_items]
-    return values
 
 
 def _failure(what: str, exc: BaseException) -> ServerError:

@@ -164,10 +164,10 @@ class Db:
         self.writes += 1
         return changed
 
-    def take(self, probe: str, write: str, values: Any) -> list[Any]:
+    def take(self, probe: str, probe_values: Any, write: str, values: Any) -> list[Any]:
         """``write`` in a write transaction, only when ``probe`` (a plain read) says that
         there is something to take: idle callers never queue behind writers."""
-        if not self.execute(probe, values).fetchone()[0]:
+        if not self.execute(probe, probe_values).fetchone()[0]:
             return []
         return self.write(lambda db: db.execute(write, values).fetchall())
 

@@ -24,6 +24,10 @@ TOMBSTONE_EXPIRES_AT = 0
 _RESPONSE_COLUMNS = "body, context_ids, output_ids, previous_response_id, created_at, expires_at"
 _FILE_COLUMNS = "id, filename, purpose, bytes, content_type, created_at, expires_at"
 
+# The values of a response row, in the order the saving statements take them.
+RESPONSE_PARAMS = ("id", "body", "context_ids", "output_ids", "previous_response_id",
+                   "created_at", "expires_at")
+
 # -- responses and items -----------------------------------------------------------------------
 
 # An upsert, not INSERT OR REPLACE: REPLACE deletes the old row, which would cascade to items.
@@ -43,7 +47,8 @@ _UNLESS_TERMINAL = (
 )
 
 SELECT_RESPONSE = Sql(
-    f"SELECT {_RESPONSE_COLUMNS} FROM responses WHERE id = :id AND expires_at > :now")
+    f"SELECT {_RESPONSE_COLUMNS} FROM responses WHERE id = :id AND expires_at > :now",
+    params=("id", "now"))
 
 SELECT_CONTEXT_IDS = Sql("SELECT context_ids FROM responses WHERE id = :id AND expires_at > :now")
 
@@ -53,10 +58,10 @@ _ITEMS_IN_ORDER = (
     "SELECT {concat:i.data ORDER BY j.key} "
     "FROM {each:%s AS j} CROSS JOIN items AS i WHERE i.id = j.value"
 )
-SELECT_ITEMS_IN_ORDER = Sql(_ITEMS_IN_ORDER % ":ids")
+SELECT_ITEMS_IN_ORDER = Sql(_ITEMS_IN_ORDER % ":ids", params=("ids",))
 
-SELECT_ITEMS_BY_ID = Sql(
-    "SELECT i.id, i.data FROM {each::ids AS j} CROSS JOIN items AS i WHERE i.id = j.value")
+SELECT_ITEMS_BY_ID = Sql("SELECT i.id, i.data FROM {lookup:items AS i|i.id|:ids}",
+                         params=("ids",))
 
 TOMBSTONE = Sql(f"""
 UPDATE responses SET body = '{{}}', context_ids = {{empty_ids}}, output_ids = {{empty_ids}},
@@ -113,11 +118,12 @@ DROP_HIDDEN_JOBS = Sql(
 DROP_HIDDEN_EVENTS = Sql(
     "DELETE FROM events WHERE response_id IN (SELECT id FROM responses WHERE expires_at <= :now)")
 
-SAVE_RESPONSE = Sql(_UPSERT_RESPONSE, only="sqlite")
-SAVE_RESPONSE_UNLESS_TERMINAL = Sql(_UPSERT_RESPONSE + _UNLESS_TERMINAL, only="sqlite")
+SAVE_RESPONSE = Sql(_UPSERT_RESPONSE, only="sqlite", params=RESPONSE_PARAMS)
+SAVE_RESPONSE_UNLESS_TERMINAL = Sql(_UPSERT_RESPONSE + _UNLESS_TERMINAL, only="sqlite",
+                                    params=RESPONSE_PARAMS)
 INSERT_ITEM = Sql(
     "INSERT INTO items (id, response_id, data) VALUES (:item_id, :id, :data) "
-    "ON CONFLICT (id) DO NOTHING", only="sqlite")
+    "ON CONFLICT (id) DO NOTHING", only="sqlite", params=("item_id", "id", "data"))
 
 
 def _save_ctes(guard: str) -> str:
@@ -135,15 +141,17 @@ WITH saved AS (
 )"""
 
 
-PG_SAVE = Sql(_save_ctes("") + "\nSELECT count(*) FROM saved", only="postgresql")
+_PG_SAVE_PARAMS = (*RESPONSE_PARAMS, "item_ids", "item_data")
+PG_SAVE = Sql(_save_ctes("") + "\nSELECT count(*) FROM saved", only="postgresql",
+              params=_PG_SAVE_PARAMS)
 PG_SAVE_UNLESS_TERMINAL = Sql(_save_ctes(_UNLESS_TERMINAL) + "\nSELECT count(*) FROM saved",
-                              only="postgresql")
+                              only="postgresql", params=_PG_SAVE_PARAMS)
 
 # The response row and its whole context in one round trip, whatever the depth.
 PG_LOAD_CONTEXT = Sql(f"""
 SELECT {_RESPONSE_COLUMNS}, ({_ITEMS_IN_ORDER % "r.context_ids || r.output_ids"})
 FROM responses AS r WHERE r.id = :id AND r.expires_at > :now
-""", only="postgresql")
+""", only="postgresql", params=("id", "now"))
 
 # -- background work ---------------------------------------------------------------------------
 
@@ -200,7 +208,8 @@ PG_LOCK_WORKER = Sql("SELECT pg_try_advisory_lock(hashtextextended(:worker, 0))"
 # The first write of a sequence number wins, so a retried append never fails on a duplicate.
 INSERT_EVENT = Sql(
     "INSERT INTO events (response_id, sequence_number, data) VALUES (:id, :seq, :data) "
-    "ON CONFLICT (response_id, sequence_number) DO NOTHING", only="sqlite")
+    "ON CONFLICT (response_id, sequence_number) DO NOTHING", only="sqlite",
+    params=("id", "seq", "data"))
 
 # PostgreSQL: the events and the notification naming the response and its last number.
 PG_APPEND_EVENTS = Sql("""
