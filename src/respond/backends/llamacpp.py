@@ -231,6 +231,11 @@ class LlamaCppBackend:
         at = prompt.index(probe)
         return "tool" if "tool" in prompt[max(0, at - 40):at] else "user"
 
+    @property
+    def generating(self) -> int:
+        """How many generations hold a slot or wait for one right now."""
+        return len(self._stops)
+
     async def aclose(self) -> None:
         """Stop running generations, then free the engine (idempotent)."""
         if self._closed:
