@@ -11,12 +11,12 @@ from respond.backends.scripted import ScriptedBackend
 from respond.domain import TextDelta
 from respond.engine.background import Background
 from respond.engine.media import MediaResolver
-from respond.engine.worker import Worker
 from respond.engine.service import ResponsesService
+from respond.engine.worker import Worker
 from respond.protocol.request import CreateResponse
 from respond.sealing import Sealer
-from respond.web.static import StaticFetcher
 from respond.store.sqlite import SQLiteStore
+from respond.web.static import StaticFetcher
 
 
 class Spinning(BaseException):

@@ -8,14 +8,13 @@ call tools so every assertion is about respond rather than a model's whims.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import openai
 import pytest
 from documents import StaticServer, data_url, make_image, make_pdf
-from e2e import UP, client_for, upstream_config
+from e2e import UP, client_for, finished, upstream_config
 from servers import RunningServer, serve
 from wire import check_response
 
@@ -75,16 +74,6 @@ def calc(mcp: McpTestServer) -> dict[str, Any]:
             "headers": {"Authorization": f"Bearer {TOKEN}"}, "require_approval": "always"}
 
 
-def settle(client: openai.OpenAI, response_id: str) -> Any:
-    """Poll until the response has ended (a minute guards against a hang only)."""
-    deadline = time.monotonic() + 60
-    while True:
-        response = client.responses.retrieve(response_id)
-        if response.status not in ("queued", "in_progress") or time.monotonic() > deadline:
-            return response
-        time.sleep(0.05)
-
-
 def ask_approval(client: openai.OpenAI, mcp: McpTestServer, upstream: UpstreamServer) -> Any:
     upstream.configure(tool_calls=[{"name": "add", "arguments": {"a": 20, "b": 22}}], tokens=3,
                        tool_calls_once=True)
@@ -103,7 +92,7 @@ def test_an_approval_answered_in_the_background_runs_the_call_once(
         input=[{"type": "mcp_approval_response", "approve": True,
                 "approval_request_id": request.id}])
     assert job.status == "queued"
-    final = settle(client, job.id)
+    final = finished(client, job.id)
     assert final.status == "completed", final.error
     check_response(final.model_dump(mode="json"))
     assert [i.type for i in final.output] == ["mcp_call", "message"]
@@ -116,7 +105,7 @@ def test_an_approval_answered_in_the_background_runs_the_call_once(
 
     after = client.responses.create(model=UP, previous_response_id=final.id, input="thanks",
                                     tools=[calc(mcp)], background=True)
-    assert settle(client, after.id).status == "completed"
+    assert finished(client, after.id).status == "completed"
     assert len(mcp.calls) == 1, "an approved call runs exactly once"
 
 
@@ -127,7 +116,7 @@ def test_a_denial_in_the_background_runs_nothing(
         model=UP, previous_response_id=first.id, tools=[calc(mcp)], background=True,
         input=[{"type": "mcp_approval_response", "approve": False,
                 "approval_request_id": first.output[-1].id}])
-    final = settle(client, job.id)
+    final = finished(client, job.id)
     assert final.status == "completed", final.error
     assert [i.type for i in final.output] == ["message"]
     assert mcp.calls == []
@@ -148,7 +137,7 @@ def test_media_reach_the_model_the_same_in_the_background(
     for background in (False, True):
         response = client.responses.create(model="vis", background=background,
                                            input=[{"role": "user", "content": content}])
-        assert settle(client, response.id).status == "completed"
+        assert finished(client, response.id).status == "completed"
         sent.append(upstream.requests[-1].body["messages"])
     foreground, in_background = sent
     assert in_background == foreground

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,13 +18,21 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from e2e import (
+    UP,
+    assert_error,
+    client_for,
+    finished,
+    sse_events,
+    upstream_config,
+    wait_until,
+)
 from servers import RunningServer, free_port, serve, suite_database
-from e2e import UP, assert_error, client_for, sse_events, upstream_config, wait_until
 from wire import check_response, check_stream
 
 from respond.testing.upstream import UpstreamServer
 
-TERMINAL = {"completed", "incomplete", "failed", "cancelled"}
+HANG_GUARD = 120.0  # seconds: waits end on the state they wait for; this only stops a hang
 
 
 @pytest.fixture(scope="module")
@@ -53,13 +60,8 @@ def _fresh_upstream(upstream: UpstreamServer) -> Iterator[None]:
     upstream.reset()
 
 
-def poll(client: openai.OpenAI, response_id: str, within: float = 15.0) -> Any:
-    deadline = time.monotonic() + within
-    while True:
-        response = client.responses.retrieve(response_id)
-        if response.status in TERMINAL or time.monotonic() > deadline:
-            return response
-        time.sleep(0.05)
+def poll(client: openai.OpenAI, response_id: str) -> Any:
+    return finished(client, response_id, within=HANG_GUARD)
 
 
 def test_background_response_is_queued_then_completes(client: openai.OpenAI) -> None:
@@ -82,27 +84,25 @@ def test_background_requires_store(server: RunningServer) -> None:
 
 
 def test_cancel_stops_a_long_response(client: openai.OpenAI, upstream: UpstreamServer) -> None:
-    upstream.configure(tokens=400, delay=0.02)
+    upstream.configure(tokens=100_000, delay=0.02)  # far longer than any test runs
     created = client.responses.create(model=UP, input="a long story", background=True)
 
     def has_output() -> bool:
         current = client.responses.retrieve(created.id)
         return current.status == "in_progress" and len(current.output_text) > 0
 
-    assert wait_until(has_output, within=10), "the background response never showed output"
+    assert wait_until(has_output, within=HANG_GUARD), "the response never showed output"
     cancelled = client.responses.cancel(created.id)
     assert cancelled.status == "cancelled"
     text = cancelled.output_text
-    time.sleep(0.6)
+    # the upstream was told to stop: its stream was abandoned
+    assert wait_until(lambda: upstream.disconnects >= 1, within=HANG_GUARD)
     later = client.responses.retrieve(created.id)
     assert later.status == "cancelled"
     assert later.output_text == text, "output kept growing after the cancel"
-    assert len(text.split()) < 400
     # cancelling again returns the same response
     again = client.responses.cancel(created.id)
     assert again.status == "cancelled" and again.output_text == text
-    # the upstream was told to stop: its stream was abandoned
-    assert wait_until(lambda: upstream.disconnects >= 1, within=3)
 
 
 def test_cancel_of_finished_response_returns_it_unchanged(client: openai.OpenAI) -> None:
@@ -201,7 +201,7 @@ def test_many_concurrent_background_responses(client: openai.OpenAI) -> None:
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         ids = list(pool.map(lambda i: client.responses.create(
             model=UP, input=f"job {i}", background=True).id, range(24)))
-        finals = list(pool.map(lambda rid: poll(client, rid, within=30), ids))
+        finals = list(pool.map(lambda rid: poll(client, rid), ids))
     assert [f.status for f in finals] == ["completed"] * 24
     assert len(set(ids)) == 24
 
@@ -250,13 +250,13 @@ def test_kill_9_leaves_no_response_in_progress(upstream: UpstreamServer, tmp_pat
                                           max_output_tokens=16)
     created = client.responses.create(model=UP, input="long", background=True)
     assert wait_until(lambda: client.responses.retrieve(created.id).status == "in_progress",
-                      within=10)
+                      within=HANG_GUARD)
     os.kill(process.pid, signal.SIGKILL)
     process.wait(timeout=10)
 
     process = _start_respond(config, tmp_path / "data", port)
     try:
-        final = poll(client, created.id, within=20)
+        final = poll(client, created.id)
         assert final.status == "failed"
         assert final.error is not None and "not retried" in final.error.message
         # nothing stored before the crash was lost
