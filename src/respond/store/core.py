@@ -174,7 +174,7 @@ class SqlCore:
             sql.RENEW_WORKER, {"worker": worker, "lease_until": float(now + lease_seconds)})
 
     async def finish_job(self, response_id: str) -> None:
-        await self._change(sql.FINISH, {"id": response_id})
+        await self._change(sql.DROP_JOB, {"id": response_id})
 
     async def reap(self, now: float) -> list[str]:
         rows = await self._take(sql.HAS_REAPABLE, sql.REAP, {"now": float(now)})

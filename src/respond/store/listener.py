@@ -96,7 +96,8 @@ class Listener:
                         await asyncio.wait_for(lost.wait(), KEEPALIVE_SECONDS)
                         continue
                     async with self._lock:
-                        await conn.execute("SELECT 1", timeout=KEEPALIVE_SECONDS)
+                        await conn.execute(sql.KEEPALIVE.on("postgresql").text,
+                                           timeout=KEEPALIVE_SECONDS)
                         await self._take_locks(conn)
                 log.warning("the PostgreSQL listening connection closed; reconnecting")
             except Exception as exc:  # noqa: BLE001 - it must outlive any failure; logged

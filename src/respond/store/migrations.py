@@ -23,19 +23,18 @@ from importlib import resources
 from typing import Any
 
 from respond.store.statements import (
+    BEGIN_WRITE,
+    COMMIT,
+    CREATE_SCHEMA_MIGRATIONS,
     MIGRATION_DONE,
+    MIGRATION_LOCK,
     MIGRATIONS_DONE,
     NEWEST_MIGRATION,
     RECORD_MIGRATION,
+    ROLLBACK,
 )
 
 log = logging.getLogger(__name__)
-
-# Portable between SQLite and PostgreSQL on purpose: one bookkeeping table for every dialect.
-SCHEMA_MIGRATIONS = (
-    "CREATE TABLE IF NOT EXISTS schema_migrations ("
-    "version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)"
-)
 
 _FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
@@ -90,10 +89,10 @@ def apply_sqlite(conn: sqlite3.Connection, dialect: str = "sqlite") -> list[int]
     if conn.isolation_level is not None:
         raise ValueError("apply_sqlite needs a connection opened with isolation_level=None")
     migrations = load(dialect)
-    conn.execute(SCHEMA_MIGRATIONS)
+    conn.execute(CREATE_SCHEMA_MIGRATIONS.on("sqlite").text)
     applied = []
     for migration in migrations:
-        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(BEGIN_WRITE.on("sqlite").text)
         try:
             done = conn.execute(
                 MIGRATION_DONE.on("sqlite").text, (migration.version,)
@@ -105,10 +104,10 @@ def apply_sqlite(conn: sqlite3.Connection, dialect: str = "sqlite") -> list[int]
                 conn.execute(record.text, record.args(
                     {"version": migration.version, "applied_at": int(time.time())}))
                 applied.append(migration.version)
-            conn.execute("COMMIT")
+            conn.execute(COMMIT.on("sqlite").text)
         except BaseException:
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
+                conn.execute(ROLLBACK.on("sqlite").text)
             raise
         if done is None:
             log.info("applied %s migration %04d_%s", dialect, migration.version, migration.name)
@@ -123,10 +122,6 @@ def apply_sqlite(conn: sqlite3.Connection, dialect: str = "sqlite") -> list[int]
 
 # Class id of respond's advisory locks (any constant; the second key names the schema).
 PG_LOCK_CLASS = 0x7265_7370  # "resp"
-
-_PG_LOCK = (
-    "SELECT pg_advisory_xact_lock($1, hashtext(current_setting('search_path')))"
-)
 
 
 def quote_identifier(name: str) -> str:
@@ -149,11 +144,11 @@ async def apply_postgresql(conn: Any, *, create_schema: str | None = None) -> li
     done: set[int] = set()
     for migration in migrations:
         async with conn.transaction():
-            await conn.execute(_PG_LOCK, PG_LOCK_CLASS)
+            await conn.execute(MIGRATION_LOCK.on("postgresql").text, PG_LOCK_CLASS)
             if create_schema is not None:
                 await conn.execute(
                     f"CREATE SCHEMA IF NOT EXISTS {quote_identifier(create_schema)}")
-            await conn.execute(SCHEMA_MIGRATIONS)
+            await conn.execute(CREATE_SCHEMA_MIGRATIONS.on("postgresql").text)
             done = {row[0] for row in await conn.fetch(MIGRATIONS_DONE.on("postgresql").text)}
             if migration.version not in done:
                 await conn.execute(migration.sql)  # no arguments: a multi-statement script

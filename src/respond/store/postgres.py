@@ -133,7 +133,7 @@ class PostgresStore(SqlCore):
         try:
             async with pool.acquire() as conn:
                 await apply_postgresql(conn, create_schema=schema)
-                current = await conn.fetchval("SELECT current_schema()")
+                current = await conn.fetchval(sql.CURRENT_SCHEMA.on("postgresql").text)
             store = cls(pool, connect, channel_names(current))
             await store._listener.start()
         except BaseException as exc:
@@ -168,8 +168,7 @@ class PostgresStore(SqlCore):
         return self._call("fetchval", statement, values)
 
     async def _change(self, statement: Sql, values: Values, *, heavy: bool = False) -> int:
-        status = await self._call("execute", statement, values)
-        return int(status.rsplit(" ", 1)[-1])
+        return _touched(await self._call("execute", statement, values))
 
     def _take(self, probe: Sql, write: Sql, values: Values) -> Awaitable[list[Any]]:
         return self._rows(write, values)  # one round trip; SKIP LOCKED never waits
@@ -237,7 +236,7 @@ class PostgresStore(SqlCore):
         try:
             async with self._pool.acquire() as conn, conn.transaction():
                 self.statements += 2  # BEGIN, COMMIT
-                if await run(conn, sql.TOMBSTONE) == "UPDATE 0":
+                if _touched(await run(conn, sql.TOMBSTONE)) == 0:
                     return False
                 for statement in (sql.DROP_JOB, sql.DROP_EVENTS, sql.DELETE_UNBUILT):
                     await run(conn, statement)
@@ -304,6 +303,11 @@ class PostgresStore(SqlCore):
             log.warning("PostgreSQL connections still busy after %.0f s; closing them anyway",
                         CLOSE_TIMEOUT_SECONDS)
             self._pool.terminate()
+
+
+def _touched(status: str) -> int:
+    """The row count of a command's status (``UPDATE 3``, ``INSERT 0 1``...)."""
+    return int(status.rsplit(" ", 1)[-1])
 
 
 def _failure(what: str, exc: BaseException) -> ServerError:

@@ -23,12 +23,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from respond.store import statements as sql
 from respond.store.migrations import apply_sqlite
 
 T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 5000
 CHECKPOINT_WAIT_MS = 100  # the longest a checkpoint waits for other processes
+
+_BEGIN_WRITE = sql.BEGIN_WRITE.on("sqlite").text
+_COMMIT = sql.COMMIT.on("sqlite").text
+_ROLLBACK = sql.ROLLBACK.on("sqlite").text
+_WAIT_FOR_LOCKS = f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}"
+# both connections: durable at checkpoints (WAL), and the schema's foreign keys enforced
+_PRAGMAS = ("PRAGMA synchronous = NORMAL", "PRAGMA foreign_keys = ON")
 
 LIVE_WORKERS: set[str] = set()  # registered by this process's open stores
 _HOST = socket.gethostname()
@@ -134,13 +142,13 @@ class Db:
 
     def write(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(self, *args)`` inside one write transaction."""
-        self.execute("BEGIN IMMEDIATE")
+        self.execute(_BEGIN_WRITE)
         try:
             result = fn(self, *args)
-            self.execute("COMMIT")
+            self.execute(_COMMIT)
         except BaseException:
             if self.conn.in_transaction:
-                self.execute("ROLLBACK")
+                self.execute(_ROLLBACK)
             raise
         self.writes += 1
         return result
@@ -194,7 +202,7 @@ def checkpoint(db: Db) -> None:
     try:
         db.conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
     finally:
-        db.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        db.conn.execute(_WAIT_FOR_LOCKS)
 
 
 def checkpoint_and_close(conn: sqlite3.Connection) -> None:
@@ -228,10 +236,10 @@ def connect(path: str) -> sqlite3.Connection:
     # this same worker thread.
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute(_WAIT_FOR_LOCKS)
         _use_wal(conn)
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute("PRAGMA foreign_keys = ON")
+        for pragma in _PRAGMAS:
+            conn.execute(pragma)
         _define_functions(conn)
         apply_sqlite(conn)
     except BaseException:
@@ -246,8 +254,8 @@ def connect_inline(path: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
         conn.execute("PRAGMA busy_timeout = 0")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute("PRAGMA foreign_keys = ON")
+        for pragma in _PRAGMAS:
+            conn.execute(pragma)
         conn.execute("PRAGMA wal_autocheckpoint = 0")
         _define_functions(conn)
     except BaseException:

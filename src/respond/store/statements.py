@@ -109,8 +109,8 @@ DELETE FROM responses WHERE id IN (
 )
 """)
 
-# Jobs and events of a row that stays as a tombstone or as a hidden ancestor: nothing can
-# read them any more.
+# A finished job; and the job and events of a row that stays as a tombstone or as a hidden
+# ancestor, which nothing can read any more.
 DROP_JOB = Sql("DELETE FROM jobs WHERE response_id = :id")
 DROP_EVENTS = Sql("DELETE FROM events WHERE response_id = :id")
 DROP_HIDDEN_JOBS = Sql(
@@ -182,8 +182,6 @@ RENEW = Sql(
     "UPDATE jobs SET lease_until = :lease_until WHERE response_id = :id AND worker = :worker")
 
 RENEW_WORKER = Sql("UPDATE jobs SET lease_until = :lease_until WHERE worker = :worker")
-
-FINISH = Sql("DELETE FROM jobs WHERE response_id = :id")
 
 # A job is reaped when its lease ran out and its holder is not known to be alive.
 _REAPABLE = "worker IS NOT NULL AND lease_until < :now AND NOT {alive:jobs.worker}"
@@ -269,7 +267,29 @@ DELETE_FILE = Sql("DELETE FROM files WHERE id = :id AND complete AND expires_at 
 PURGE_FILES = Sql(
     "DELETE FROM files WHERE id IN (SELECT id FROM files WHERE expires_at <= :now LIMIT :limit)")
 
+# -- transactions and connections -------------------------------------------------------------
+
+# SQLite's write transactions take the write lock up front (store/sqlite.py).
+BEGIN_WRITE = Sql("BEGIN IMMEDIATE", only="sqlite")
+COMMIT = Sql("COMMIT", only="sqlite")
+ROLLBACK = Sql("ROLLBACK", only="sqlite")
+
+KEEPALIVE = Sql("SELECT 1")
+
+CURRENT_SCHEMA = Sql("SELECT current_schema()", only="postgresql")
+
 # -- migrations (store/migrations.py) ----------------------------------------------------------
+
+# Portable between SQLite and PostgreSQL on purpose: one bookkeeping table for every dialect.
+CREATE_SCHEMA_MIGRATIONS = Sql(
+    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+    "version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)")
+
+# Replicas migrating one schema together: a transaction-scoped lock keyed by the schema.
+MIGRATION_LOCK = Sql(
+    "SELECT pg_advisory_xact_lock(:lock_class, hashtext(current_setting('search_path')))",
+    only="postgresql")
+
 
 MIGRATION_DONE = Sql("SELECT 1 FROM schema_migrations WHERE version = :version")
 MIGRATIONS_DONE = Sql("SELECT version FROM schema_migrations")
