@@ -42,6 +42,12 @@ READ_CHUNKS = 4  # chunks fetched per call when a file is read
 PURGE_FILES_BATCH = 100
 
 
+# Deleting a response: ``TOMBSTONE`` hides it (nothing more when it was unknown or hidden
+# already), then these, in the same transaction, drop its job and event log (nothing can read
+# them any more) and remove the row and each hidden ancestor that nothing builds on now.
+AFTER_TOMBSTONE = (sql.DROP_JOB, sql.DROP_EVENTS, sql.DELETE_UNBUILT)
+
+
 def new_worker_name() -> str:
     """``host:pid:random``: unique, and enough for SQLite to tell whether its process lives."""
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(6)}"

@@ -42,7 +42,13 @@ from respond.errors import ServerError
 from respond.store import Item, StoredResponse
 from respond.store import statements as sql
 from respond.store.cache import ItemCache, fill
-from respond.store.core import SqlCore, json_list, new_worker_name, response_row
+from respond.store.core import (
+    AFTER_TOMBSTONE,
+    SqlCore,
+    json_list,
+    new_worker_name,
+    response_row,
+)
 from respond.store.core import stored_response as _stored_response
 from respond.store.dialect import Sql, Values
 from respond.store.listener import Connect, Listener
@@ -238,7 +244,7 @@ class PostgresStore(SqlCore):
                 self.statements += 2  # BEGIN, COMMIT
                 if _touched(await run(conn, sql.TOMBSTONE)) == 0:
                     return False
-                for statement in (sql.DROP_JOB, sql.DROP_EVENTS, sql.DELETE_UNBUILT):
+                for statement in AFTER_TOMBSTONE:
                     await run(conn, statement)
                 return True
         except _ERRORS as exc:

@@ -46,7 +46,13 @@ from respond.errors import ServerError
 from respond.store import Item, StoredResponse
 from respond.store import statements as sql
 from respond.store.cache import ItemCache, fill
-from respond.store.core import SqlCore, json_list, new_worker_name, response_row
+from respond.store.core import (
+    AFTER_TOMBSTONE,
+    SqlCore,
+    json_list,
+    new_worker_name,
+    response_row,
+)
 from respond.store.core import stored_response as _stored_response
 from respond.store.dialect import Sql, Values, id_list
 from respond.store.pages import in_order
@@ -247,7 +253,7 @@ class SQLiteStore(SqlCore):
         tombstone = sql.TOMBSTONE.on("sqlite")
         if db.execute(tombstone.text, tombstone.args(values)).rowcount == 0:
             return False
-        for statement in (sql.DROP_JOB, sql.DROP_EVENTS, sql.DELETE_UNBUILT):
+        for statement in AFTER_TOMBSTONE:
             rendered = statement.on("sqlite")
             db.execute(rendered.text, rendered.args(values))
         return True
