@@ -512,4 +512,6 @@ async def test_a_closed_store_refuses_work(backend: Backend) -> None:
         await closed.claim("w", NOW, 30)
     with pytest.raises(RuntimeError):
         await closed.wait_for_jobs(0.1)
+    with pytest.raises(RuntimeError):
+        await closed.register_worker()
     await closed.aclose()  # twice is harmless

@@ -1,4 +1,5 @@
-"""Rendering one SQL text for SQLite or PostgreSQL: the only place the two dialects differ.
+"""Rendering one SQL text for SQLite or PostgreSQL: the one place where their spellings differ
+(statements that differ in substance are marked ``only`` in store/statements.py).
 
 A statement is written once (store/statements.py) with named parameters (``:name``) and a
 few macros in braces; ``Sql.on(dialect)`` renders it once per dialect and keeps the result,
@@ -34,7 +35,7 @@ both key on it).
                              on PostgreSQL, some session holds its advisory lock (its key is
                              ``hashtextextended(name, 0)``, a bigint lock: ``objsubid`` 1,
                              the key split into ``classid``/``objid``); on SQLite the
-                             connection's ``respond_worker_alive`` function (store/sqlite.py).
+                             connection's ``respond_worker_alive`` (store/sqlite_connection.py).
 """
 
 from __future__ import annotations
