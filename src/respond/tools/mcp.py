@@ -17,14 +17,14 @@ Rules:
 * Everything that goes wrong becomes a ``ToolError`` (or a subclass that says which kind, for
   the ``mcp_call.error`` of the Responses API). Its message names the server by label and
   never contains a header value: messages are built from our own words plus the server's,
-  and any header value is scrubbed from them, from returned text and from log lines.
+  and any header value is scrubbed from them, from returned text and from log lines. The
+  kinds, the wording and the scrubbing live in ``mcp_errors``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import http
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
@@ -37,10 +37,28 @@ from mcp.client import Client
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
-from pydantic import ValidationError
 
 from ..network import EgressDenied, EgressError, EgressPolicy
-from . import ToolError, ToolSpec
+from . import ToolSpec
+from .mcp_errors import (
+    Failure,
+    McpHttpError,
+    McpProtocolError,
+    McpToolExecutionError,
+    clip,
+    describe,
+    host,
+    http_failure,
+    leaves,
+    redact,
+    safe_url,
+    secrets_of,
+    timed_out,
+)
+
+# the error kinds are part of this module's interface (callers catch them from here)
+__all__ = ["DEFAULT_TIMEOUT", "McpHttpError", "McpProtocolError", "McpSession",
+           "McpToolExecutionError", "result_text"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,48 +67,9 @@ _CLOSE_GRACE = 5.0  # seconds a closing connection may spend saying goodbye (DEL
 _SSE_READ_TIMEOUT = 300.0  # an idle server-to-client stream is normal; calls have their own bound
 _FALLBACK_STATUSES = {400, 404, 405}  # "this is not a Streamable HTTP endpoint"
 _MAX_PAGES = 100
-_MAX_MESSAGE = 600
 _CLIENT_INFO = types.Implementation(name="respond", version="0.1.0")
 
 T = TypeVar("T")
-
-
-class McpToolExecutionError(ToolError):
-    """The tool ran and reported an error (``isError``); the message is its text."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, kind="execution")
-
-
-class McpProtocolError(ToolError):
-    """The server answered with a JSON-RPC error or broke the protocol; ``code`` is JSON-RPC's."""
-
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message, kind="protocol", code=code)
-
-
-class McpHttpError(ToolError):
-    """The server answered an HTTP error status (``code``)."""
-
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message, kind="http", code=code)
-
-
-class _Failure(Exception):
-    """A connection-level failure, described without the server's label (added by the session).
-
-    ``kind`` picks the ``ToolError`` subclass: ``"protocol"``, ``"http"`` or ``None``.
-    """
-
-    def __init__(self, text: str, kind: str | None = None, code: int = 0) -> None:
-        super().__init__(text)
-        self.text = text
-        self.kind = kind
-        self.code = code
-
-    def copy(self) -> _Failure:
-        """A fresh exception to raise again (a stored one would pile up tracebacks)."""
-        return _Failure(self.text, self.kind, self.code)
 
 
 class McpSession:
@@ -113,7 +92,7 @@ class McpSession:
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         self._connection = _Connection(server_url, headers or {}, policy, timeout)
-        self.server_label = server_label or _host(server_url)
+        self.server_label = server_label or host(server_url)
 
     @classmethod
     @asynccontextmanager
@@ -173,7 +152,7 @@ class McpSession:
             )
             text = self._connection.redact(result_text(result))
         if result.is_error:
-            raise McpToolExecutionError(_clip(text) or f"The tool '{name}' failed.")
+            raise McpToolExecutionError(clip(text) or f"The tool '{name}' failed.")
         return text
 
     async def aclose(self) -> None:
@@ -192,14 +171,9 @@ class McpSession:
     def _errors(self) -> Iterator[None]:
         try:
             yield
-        except _Failure as failure:
+        except Failure as failure:
             message = self._connection.redact(f"MCP server '{self.server_label}' {failure.text}")
-            message = _clip(message)
-            if failure.kind == "protocol":
-                raise McpProtocolError(message, failure.code) from None
-            if failure.kind == "http":
-                raise McpHttpError(message, failure.code) from None
-            raise ToolError(message) from None
+            raise failure.tool_error(clip(message)) from None
 
 
 class _Connection:
@@ -212,14 +186,14 @@ class _Connection:
         self.timeout = timeout
         self.transport: str | None = None
         self._headers = dict(headers)
-        self._secrets = _secrets(self._headers)
+        self._secrets = secrets_of(self._headers)
         self._policy = policy
         self._client: Client | None = None
         self._runner: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self._closing = asyncio.Event()
         self._start_lock = asyncio.Lock()
-        self._failure: _Failure | None = None
+        self._failure: Failure | None = None
         self._statuses: list[int] = []  # HTTP error statuses seen, in order
         self._deadline = 0.0
         self._serve_seen = 0  # statuses before the current transport attempt are not its own
@@ -237,13 +211,13 @@ class _Connection:
                 try:
                     await self._policy.check_url(self.url)  # a clear refusal before any SDK work
                 except EgressDenied as exc:
-                    self._failure = _Failure(f"was not contacted: {exc}")
+                    self._failure = Failure(f"was not contacted: {exc}")
                     raise self._failure from None
                 except EgressError as exc:
-                    self._failure = _Failure(f"could not be reached: {exc}")
+                    self._failure = Failure(f"could not be reached: {exc}")
                     raise self._failure from None
                 self._deadline = asyncio.get_running_loop().time() + self.timeout
-                self._runner = asyncio.create_task(self._run(), name=f"mcp {_safe_url(self.url)}")
+                self._runner = asyncio.create_task(self._run(), name=f"mcp {safe_url(self.url)}")
             # a caller cancelled while waiting leaves the runner going: the next caller waits
             # for the same handshake, until the same deadline
             ready = asyncio.create_task(self._ready.wait())
@@ -256,13 +230,13 @@ class _Connection:
             if self._client is not None:
                 return
             if not self._runner.done():
-                self._failure = _Failure(f"did not answer within {_seconds(self.timeout)} s")
+                self._failure = timed_out(self.timeout)
                 await self._stop_runner()
-            raise (self._failure or _Failure("closed the connection while connecting")).copy()
+            raise (self._failure or Failure("closed the connection while connecting")).copy()
 
     async def aclose(self) -> None:
         if self._failure is None:
-            self._failure = _Failure("is no longer connected: the session was closed")
+            self._failure = Failure("is no longer connected: the session was closed")
         self._closing.set()
         if self._runner is not None and not self._runner.done():
             await self._stop_runner(grace=min(_CLOSE_GRACE, self.timeout))
@@ -277,7 +251,7 @@ class _Connection:
             runner.cancel()
             await asyncio.wait({runner}, timeout=_CLOSE_GRACE)
             if not runner.done():
-                logger.warning("MCP connection to %s did not stop", _safe_url(self.url))
+                logger.warning("MCP connection to %s did not stop", safe_url(self.url))
 
     async def _run(self) -> None:
         """The runner: open the SDK client, serve until closing, record why it ended."""
@@ -285,18 +259,18 @@ class _Connection:
             try:
                 await self._serve("streamable-http", may_fall_back=True)
             except _FallBack:
-                logger.info("MCP server %s: falling back to the SSE transport", _safe_url(self.url))
+                logger.info("MCP server %s: falling back to the SSE transport", safe_url(self.url))
                 await self._serve("sse", may_fall_back=False)
         except Exception as exc:  # noqa: BLE001 — the runner's end is reported, never raised
             if self._failure is None:
                 self._failure = self._describe(exc, self._statuses[self._serve_seen :])
             logger.info(
-                "MCP connection to %s ended: %s", _safe_url(self.url), self.redact(self._failure.text)
+                "MCP connection to %s ended: %s", safe_url(self.url), self.redact(self._failure.text)
             )
         finally:
             self._client = None
             if self._failure is None:
-                self._failure = _Failure("closed the connection")
+                self._failure = Failure("closed the connection")
 
     async def _serve(self, transport: str, *, may_fall_back: bool) -> None:
         seen = self._serve_seen = len(self._statuses)
@@ -318,7 +292,7 @@ class _Connection:
             except Exception as exc:
                 statuses = self._statuses[seen:]
                 if may_fall_back and statuses and statuses[-1] in _FALLBACK_STATUSES and any(
-                    isinstance(leaf, MCPError) for leaf in _leaves(exc)
+                    isinstance(leaf, MCPError) for leaf in leaves(exc)
                 ):
                     raise _FallBack from exc
                 raise
@@ -352,7 +326,7 @@ class _Connection:
         await self.start()
         client, runner = self._client, self._runner
         if client is None or runner is None or runner.done():
-            raise (self._failure or _Failure("closed the connection")).copy()
+            raise (self._failure or Failure("closed the connection")).copy()
         seen = len(self._statuses)
         call = asyncio.ensure_future(send(client))
         try:
@@ -370,129 +344,22 @@ class _Connection:
                 raise self._describe(exc, self._statuses[seen:]) from None
             raise exc
         if runner.done():
-            raise (self._failure or _Failure("closed the connection")).copy()
+            raise (self._failure or Failure("closed the connection")).copy()
         if self._statuses[seen:]:  # e.g. an SSE message POST refused: no answer will come
-            raise _http_failure(self._statuses[-1])
-        raise _Failure(f"did not answer within {_seconds(self.timeout)} s")
+            raise http_failure(self._statuses[-1])
+        raise timed_out(self.timeout)
 
     # -- messages --------------------------------------------------------------------------
 
     def redact(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "[redacted]")
-        return text
+        return redact(text, self._secrets)
 
-    def _describe(self, exc: BaseException, statuses: list[int]) -> _Failure:
-        """What went wrong, in the client's words (the label is added by the session);
-        ``statuses`` are the HTTP error statuses seen during the failed operation."""
-        leaves = list(_leaves(exc))
-        for leaf in leaves:
-            if isinstance(leaf, EgressDenied):
-                return _Failure(f"was not contacted: {leaf}")
-        for leaf in leaves:
-            if isinstance(leaf, EgressError):
-                return _Failure(f"could not be reached: {leaf}")
-        status = next(
-            (leaf.response.status_code for leaf in leaves if isinstance(leaf, httpx2.HTTPStatusError)),
-            statuses[-1] if statuses else None,
-        )
-        if status is not None and any(isinstance(leaf, MCPError | httpx2.HTTPStatusError) for leaf in leaves):
-            return _http_failure(status)
-        for leaf in leaves:
-            if isinstance(leaf, httpx2.TimeoutException):
-                return _Failure(f"did not answer within {_seconds(self.timeout)} s")
-        for leaf in leaves:
-            if isinstance(leaf, httpx2.ConnectError | ConnectionRefusedError):
-                return _Failure(f"could not be reached at {_safe_url(self.url)} ({_reason(leaf)})")
-        for leaf in leaves:
-            if isinstance(leaf, httpx2.TransportError | OSError):
-                return _Failure(f"closed the connection ({_reason(leaf)})")
-        for leaf in leaves:
-            if isinstance(leaf, MCPError):
-                return _protocol_failure(leaf)
-        for leaf in leaves:
-            if isinstance(leaf, ValidationError | ValueError):
-                return _Failure("sent a response that is not valid MCP", "protocol", -32600)
-        kinds = ", ".join(sorted({type(leaf).__name__ for leaf in leaves}))
-        return _Failure(f"failed ({kinds})")
+    def _describe(self, exc: BaseException, statuses: list[int]) -> Failure:
+        return describe(exc, statuses, url=self.url, timeout=self.timeout)
 
 
 class _FallBack(Exception):
     """The Streamable HTTP attempt met a server that does not speak it."""
-
-
-def _leaves(exc: BaseException) -> Iterator[BaseException]:
-    """The exceptions inside (nested) exception groups, each followed by its causes."""
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            yield from _leaves(inner)
-        return
-    yield exc
-    if exc.__cause__ is not None:
-        yield from _leaves(exc.__cause__)
-
-
-def _http_failure(status: int) -> _Failure:
-    try:
-        phrase = http.HTTPStatus(status).phrase
-    except ValueError:
-        phrase = "error"
-    if status in (401, 403):
-        return _Failure(
-            f"refused the request: HTTP {status} {phrase}. Check the headers of the mcp tool.",
-            "http", status,
-        )
-    return _Failure(f"answered HTTP {status} {phrase}", "http", status)
-
-
-def _protocol_failure(error: MCPError) -> _Failure:
-    message = ((error.message or "").strip().splitlines() or ["no message"])[0]
-    if error.code == types.CONNECTION_CLOSED:
-        return _Failure(f"closed the connection ({message})", "protocol", error.code)
-    if error.code in (types.PARSE_ERROR, types.INVALID_REQUEST):
-        return _Failure(f"sent an invalid response: {message}", "protocol", error.code)
-    return _Failure(f"returned an error: {message} (code {error.code})", "protocol", error.code)
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, ConnectionRefusedError) or "refused" in str(exc).lower():
-        return "connection refused"
-    return str(exc) or type(exc).__name__
-
-
-def _secrets(headers: Mapping[str, str]) -> list[str]:
-    """Header values, and their long words (a server may echo just the token of
-    ``Bearer <token>``), longest first so a whole value is scrubbed before its parts."""
-    found: set[str] = set()
-    for value in headers.values():
-        value = value.strip()
-        if len(value) >= 4:
-            found.add(value)
-        found.update(word for word in value.split() if len(word) >= 8)
-    return sorted(found, key=len, reverse=True)
-
-
-def _safe_url(url: str) -> str:
-    """The URL without user info, query or fragment (those may carry secrets)."""
-    try:
-        return str(httpx2.URL(url).copy_with(userinfo=b"", query=None, fragment=None))
-    except (httpx2.InvalidURL, TypeError, ValueError):
-        return "(invalid URL)"
-
-
-def _host(url: str) -> str:
-    try:
-        return httpx2.URL(url).host or "mcp"
-    except (httpx2.InvalidURL, TypeError, ValueError):
-        return "mcp"
-
-
-def _seconds(value: float) -> str:
-    return f"{value:g}"
-
-
-def _clip(text: str) -> str:
-    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 1] + "…"
 
 
 # -- results ---------------------------------------------------------------------------------
