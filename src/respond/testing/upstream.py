@@ -10,6 +10,9 @@ broken after K chunks, a delay per token, a reply text, tool calls) and inspects
 server saw: ``requests`` (body and headers of each) and ``disconnects`` (streams abandoned by
 the client while a delay was set).
 
+This module is the HTTP side (routes, scripted errors, the SSE stream, the thread it runs
+in, the command line); what an answer says and how it is encoded is ``upstream_answers``.
+
 Rules: per-request work stays small (chunks are assembled from pre-encoded bytes with orjson,
 no pydantic), and the server runs on its own event loop in a thread, so a test's event loop
 and the server never wait on each other.
@@ -22,13 +25,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import functools
 import itertools
 import logging
 import socket
 import threading
-import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
@@ -43,30 +43,11 @@ from starlette.types import Receive, Scope, Send
 
 from respond.testing.threaded import start_in_thread, stop_in_thread
 
+# Behaviour and prompt_tokens are part of this module's interface: tests script and count
+# through them as ``respond.testing.upstream.*``
+from respond.testing.upstream_answers import Answer, Behaviour, chunk_prefix, prompt_tokens
+
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Behaviour:
-    """What the server does with the next requests; change it between or during tests.
-
-    ``tool_calls`` items are ``{"name": str, "arguments": str | dict}``; their arguments are
-    streamed in several fragments; with ``tool_calls_once`` only the next request gets them
-    and later ones answer with text (a model that calls a tool, then answers). ``break_after``
-    closes the connection after that many chunks of a stream. ``delay`` is slept before each
-    streamed chunk.
-    """
-
-    tokens: int = 16
-    reply: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
-    delay: float = 0.0
-    error_status: int | None = None
-    error_message: str = "The upstream failed, as scripted."
-    error_code: str | None = None
-    context_limit: int | None = None
-    break_after: int | None = None
-    tool_calls_once: bool = False
 
 
 @dataclass(frozen=True)
@@ -82,22 +63,6 @@ class Received:
 
 class ScriptedBreak(Exception):
     """Raised inside the app to make uvicorn drop the connection mid-stream."""
-
-
-def prompt_tokens(messages: Sequence[Any]) -> int:
-    """The server's prompt size: 3 per message plus the whitespace-separated words of its text."""
-    total = 0
-    for message in messages:
-        total += 3
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, str):
-            total += len(content.split())
-        elif isinstance(content, list):
-            for part in content:
-                text = part.get("text") if isinstance(part, dict) else None
-                if isinstance(text, str):
-                    total += len(text.split())
-    return total
 
 
 class UpstreamServer:
@@ -221,7 +186,7 @@ class UpstreamServer:
                 "context_length_exceeded",
                 param="messages",
             )
-        answer = _Answer.plan(plan, body, prompt)
+        answer = Answer.plan(plan, body, prompt)
         model = body.get("model")
         if not isinstance(model, str):
             model = self.model
@@ -230,7 +195,7 @@ class UpstreamServer:
             return _json(200, answer.completion(ident, model))
         options = body.get("stream_options")
         usage = isinstance(options, dict) and bool(options.get("include_usage"))
-        events = answer.events(ident, _prefix(ident, model), usage)
+        events = answer.events(ident, chunk_prefix(ident, model), usage)
         return _EventStream(self, events, plan.delay, plan.break_after)
 
     def _record(self, request: Request, body: Any) -> None:
@@ -240,72 +205,6 @@ class UpstreamServer:
         self.requests.append(
             Received(request.method, request.url.path, body, dict(request.headers), client)
         )
-
-
-@dataclass(frozen=True, slots=True)
-class _Answer:
-    """The text pieces and tool calls of one answer, and why it ends."""
-
-    pieces: tuple[str, ...]
-    calls: tuple[tuple[str, str], ...]  # (name, arguments)
-    finish: str
-    usage: dict[str, int]
-
-    @classmethod
-    def plan(cls, plan: Behaviour, body: dict[str, Any], prompt: int) -> _Answer:
-        pieces = _token_pieces(plan.tokens) if plan.reply is None else _split_reply(plan.reply)
-        if plan.tool_calls and plan.tool_calls_once:
-            pieces = ()  # a turn that only calls tools; the text comes in the next one
-        calls = tuple((str(call["name"]), _arguments(call)) for call in plan.tool_calls or ())
-        limit = body.get("max_completion_tokens", body.get("max_tokens"))
-        finish = "tool_calls" if calls else "stop"
-        if isinstance(limit, int) and len(pieces) > limit:
-            pieces, calls, finish = pieces[: max(limit, 0)], (), "length"
-        completion = len(pieces) + sum(len(_fragments(args)) for _, args in calls)
-        usage = {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-        }
-        return cls(pieces, calls, finish, usage)
-
-    def completion(self, ident: str, model: str) -> dict[str, Any]:
-        message: dict[str, Any] = {"role": "assistant", "content": "".join(self.pieces) or None}
-        if self.calls:
-            message["tool_calls"] = [
-                {
-                    "id": _call_id(ident, index),
-                    "type": "function",
-                    "function": {"name": name, "arguments": args},
-                }
-                for index, (name, args) in enumerate(self.calls)
-            ]
-        return {
-            "id": ident,
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": model,
-            "choices": [
-                {"index": 0, "message": message, "logprobs": None, "finish_reason": self.finish}
-            ],
-            "usage": self.usage,
-        }
-
-    def events(self, ident: str, prefix: bytes, usage: bool) -> list[bytes]:
-        """The SSE events of the stream, each ``prefix`` + the rest of its chunk."""
-        events = [prefix + tail for tail in _text_tails(self.pieces)]
-        for index, (name, args) in enumerate(self.calls):
-            opening = {"index": index, "id": _call_id(ident, index), "type": "function"}
-            opening["function"] = {"name": name, "arguments": ""}
-            events.append(prefix + _choice({"tool_calls": [opening]}))
-            for fragment in _fragments(args):
-                more = {"index": index, "function": {"arguments": fragment}}
-                events.append(prefix + _choice({"tool_calls": [more]}))
-        events.append(prefix + _choice({}, self.finish))
-        if usage:
-            events.append(prefix + b'],"usage":' + orjson.dumps(self.usage) + b"}\n\n")
-        events.append(b"data: [DONE]\n\n")
-        return events
 
 
 class _EventStream(Response):
@@ -367,60 +266,6 @@ def _error(
     return _json(
         status, {"error": {"message": message, "type": kind, "param": param, "code": code}}
     )
-
-
-def _prefix(ident: str, model: str) -> bytes:
-    """The start of every chunk of one stream, up to the opening of ``choices``."""
-    created = str(int(time.time())).encode()
-    return b"".join(
-        (b'data: {"id":"', ident.encode(), b'","object":"chat.completion.chunk","created":',
-         created, b',"model":', orjson.dumps(model), b',"choices":[')
-    )  # fmt: skip
-
-
-def _call_id(ident: str, index: int) -> str:
-    return f"call_{ident.removeprefix('chatcmpl-')}_{index}"
-
-
-def _choice(delta: dict[str, Any], finish: str | None = None) -> bytes:
-    choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-    return orjson.dumps(choice) + b"]}\n\n"
-
-
-@functools.lru_cache(maxsize=64)
-def _token_pieces(n: int) -> tuple[str, ...]:
-    return tuple(f"tok{i}" if i == 0 else f" tok{i}" for i in range(max(n, 0)))
-
-
-@functools.lru_cache(maxsize=256)
-def _text_tails(pieces: tuple[str, ...]) -> tuple[bytes, ...]:
-    """Each text chunk after its prefix; the first one also carries the assistant role."""
-    return tuple(
-        _choice({"role": "assistant", "content": piece} if i == 0 else {"content": piece})
-        for i, piece in enumerate(pieces)
-    )
-
-
-def _split_reply(text: str) -> tuple[str, ...]:
-    """A reply as tokens: each word with the whitespace before it."""
-    pieces: list[str] = []
-    start = 0
-    for i in range(1, len(text) + 1):
-        if i == len(text) or (text[i].isspace() and not text[i - 1].isspace()):
-            pieces.append(text[start:i])
-            start = i
-    return tuple(pieces)
-
-
-def _arguments(call: dict[str, Any]) -> str:
-    arguments = call.get("arguments", "{}")
-    return arguments if isinstance(arguments, str) else orjson.dumps(arguments).decode()
-
-
-def _fragments(arguments: str, parts: int = 3) -> list[str]:
-    """Tool-call arguments cut in several pieces, the way engines stream them."""
-    size = max(1, -(-len(arguments) // parts))
-    return [arguments[i : i + size] for i in range(0, len(arguments), size)] or [""]
 
 
 class _HideScriptedBreaks(logging.Filter):
