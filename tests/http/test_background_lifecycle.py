@@ -6,6 +6,8 @@ checks its bearer token, and the project's OpenAI-compatible upstream over HTTP,
 call tools so every assertion is about respond rather than a model's whims.
 """
 
+# ruff: noqa: F811  (pytest fixtures imported from e2e are parameters here)
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -14,7 +16,7 @@ from typing import Any
 import openai
 import pytest
 from documents import StaticServer, data_url, make_image, make_pdf
-from e2e import UP, client_for, finished, upstream_config
+from e2e import UP, client_for, finished, upstream, upstream_config  # noqa: F401
 from servers import RunningServer, serve
 from wire import check_response
 
@@ -30,12 +32,6 @@ PDF = make_pdf(["The code word is MARIGOLD."])
 @pytest.fixture(scope="module")
 def mcp() -> Iterator[McpTestServer]:
     with McpTestServer(token=TOKEN) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[UpstreamServer]:
-    with UpstreamServer(tokens=4) as server:
         yield server
 
 
