@@ -4,6 +4,7 @@ to answer: what the worker does while every one of its slots is taken."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from pathlib import Path
 
@@ -99,3 +100,59 @@ async def test_a_full_worker_waits_for_a_free_slot_without_spinning(tmp_path: Pa
         await asyncio.gather(loop_task, return_exceptions=True)
         await worker.aclose()
         await sqlite.aclose()
+
+
+class MidwayBackend(ScriptedBackend):
+    """Yields its first delta, then waits for ``gate`` before the rest."""
+
+    def __init__(self) -> None:
+        super().__init__([[TextDelta("first "), TextDelta("rest")]])
+        self.gate = asyncio.Event()
+        self.started = asyncio.Event()
+
+    async def generate(self, request):  # type: ignore[no-untyped-def, override]
+        async for delta in super().generate(request):
+            yield delta
+            if not self.started.is_set():
+                self.started.set()
+                await self.gate.wait()
+
+
+async def test_a_response_that_ended_elsewhere_stays_as_it_ended(tmp_path: Path) -> None:
+    """The run finishes after the response was settled as cancelled by someone else: the
+    stored status stays cancelled and its event log never claims it completed."""
+    store = await SQLiteStore.open(tmp_path / "respond.db")
+    backend = MidwayBackend()
+    service = ResponsesService(store, {"m": backend}, retention_seconds=3600,
+                               media=MediaResolver(store, StaticFetcher()))
+    sealer = Sealer(b"test")
+    worker = Worker(service, sealer, concurrency=1, lease_seconds=30)
+    req = CreateResponse.model_validate({"model": "m", "input": "go", "background": True,
+                                         "stream": True})
+    record = await Background(service, sealer).submit(await service.prepare(req))
+    loop_task = asyncio.create_task(worker.run_forever())
+    try:
+        await asyncio.wait_for(backend.started.wait(), 60)
+        stored = await store.get_response(record.id, int(time.time()))
+        assert stored is not None
+        settled = dict(stored.body, status="cancelled")
+        assert await store.save_response(dataclasses.replace(stored, body=settled), [],
+                                         unless_terminal=True)
+        backend.gate.set()
+        await asyncio.wait_for(_until_idle(worker), 60)
+        final = await store.get_response(record.id, int(time.time()))
+        assert final is not None and final.body["status"] == "cancelled"
+        kinds = [e["type"] for e in await store.read_events(record.id, -1)]
+        assert "response.completed" not in kinds, kinds
+    finally:
+        loop_task.cancel()
+        await asyncio.gather(loop_task, return_exceptions=True)
+        await worker.aclose()
+        await store.aclose()
+
+
+async def _until_idle(worker: Worker) -> None:
+    while True:
+        await asyncio.sleep(0.02)
+        if not worker._running:
+            return

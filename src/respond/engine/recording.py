@@ -36,28 +36,29 @@ class Recorder:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.live: dict[str, EventBuilder] = {}  # stored foreground responses being generated
-        self._pending: set[asyncio.Task[None]] = set()
+        self._pending: set[asyncio.Task[bool]] = set()
 
     async def save(self, record: StoredResponse | None, response: dict[str, Any],
-                   new_items: list[Item], *, background: bool = False) -> None:
-        """Store the response with its new input items and its output items."""
+                   new_items: list[Item], *, background: bool = False) -> bool:
+        """Store the response with its new input items and its output items. False when a
+        background response had already ended elsewhere (cancelled, failed): it stays so."""
         if record is None:
-            return
-        await self.store.save_response(with_body(record, response),
-                                       new_items + list(response["output"]),
-                                       unless_terminal=background)
+            return True
+        return await self.store.save_response(with_body(record, response),
+                                              new_items + list(response["output"]),
+                                              unless_terminal=background)
 
     def save_later(self, record: StoredResponse | None, response: dict[str, Any],
-                   new_items: list[Item], *, background: bool = False) -> None:
-        """Store a response whose consumer went away, outside the caller's task."""
+                   new_items: list[Item]) -> None:
+        """Store a foreground response whose consumer went away, outside the caller's
+        task (a background one is settled by its worker)."""
         if record is None:
             return
-        task = asyncio.get_running_loop().create_task(
-            self.save(record, response, new_items, background=background))
+        task = asyncio.get_running_loop().create_task(self.save(record, response, new_items))
         self._pending.add(task)
         task.add_done_callback(self._saved)
 
-    def _saved(self, task: asyncio.Task[None]) -> None:
+    def _saved(self, task: asyncio.Task[bool]) -> None:
         self._pending.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("could not store a response", exc_info=task.exception())

@@ -137,8 +137,9 @@ class Run:
             except BackendError as exc:
                 log.warning("backend failed mid-stream: %s", exc.message)
                 pending = builder.fail(exc.message)
-            await recorder.save(record, builder.response, prepared.new_items,
-                                background=background)
+            if not await recorder.save(record, builder.response, prepared.new_items,
+                                       background=background):
+                pending = []  # it ended elsewhere meanwhile: its log must not say otherwise
             saved = True
             for event in pending:
                 yield event
