@@ -93,7 +93,7 @@ class Worker:
 
     async def _reap(self) -> None:
         for response_id in await self.store.reap(time.time()):
-            log.warning("background response %s lost its worker (its process is gone); "
+            log.warning("background response %s lost its worker (its holder is gone); "
                         "marking it failed", response_id)
             await self._fail_orphan(response_id)
 
