@@ -57,7 +57,12 @@ class Worker:
         self._running: dict[str, asyncio.Task[None]] = {}
 
     async def run_forever(self) -> None:
-        self.name = await self.store.register_worker()
+        while self.name is None:  # the loop must survive a database that is not up yet
+            try:
+                self.name = await self.store.register_worker()
+            except Exception:
+                log.exception("background worker could not register; retrying")
+                await asyncio.sleep(1.0)
         while True:
             try:
                 await self._reap()
