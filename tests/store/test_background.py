@@ -406,34 +406,6 @@ async def test_the_jobs_of_a_closed_stores_worker_are_reaped(backend: Backend) -
     assert await eventually(reaped) == ["resp_1"]
 
 
-async def test_renew_worker_extends_every_lease_of_that_worker_in_one_call(
-    backend: Backend, store: Store
-) -> None:
-    other = await backend.open()
-    for name in ("resp_1", "resp_2", "resp_3"):
-        await enqueue(store, name)
-    assert await store.claim("w1", NOW, 10) is not None
-    assert await other.claim("w1", NOW, 10) is not None
-    assert await other.claim("w2", NOW, 10) is not None
-
-    assert await other.renew_worker("w1", NOW + 50, 30) == 2
-    assert await store.renew_worker("w3", NOW + 50, 30) == 0  # holds nothing
-    assert await store.reap(NOW + 60) == ["resp_3"]  # w2's lease was left as it was
-    assert sorted(await store.reap(NOW + 81)) == ["resp_1", "resp_2"]
-
-
-async def test_renew_worker_keeps_a_live_workers_leases_current(
-    backend: Backend, store: Store
-) -> None:
-    worker = await store.register_worker()
-    await enqueue(store, "resp_1")
-    assert await store.claim(worker, NOW, 10) is not None
-    assert await store.renew_worker(worker, NOW + 100, 30) == 1
-    assert await backend.fetch("SELECT worker, lease_until FROM jobs") == [(worker, NOW + 130)]
-    await store.finish_job("resp_1")
-    assert await store.renew_worker(worker, NOW + 200, 30) == 0
-
-
 # -- conditional saves: a final status never changes again ------------------------------------
 
 

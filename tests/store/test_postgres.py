@@ -115,7 +115,6 @@ async def test_background_calls_are_one_round_trip_each(pg: PostgresBackend) -> 
             store.append_events(rid, [event(0), event(1), event(2)]),
             store.read_events(rid, -1),
             store.reap(NOW),
-            store.renew_worker("w", NOW, 30),
             store.save_response(response(rid, [f"{rid}_in"], [], status="completed"), [],
                                 unless_terminal=True),
             store.finish_job(rid),

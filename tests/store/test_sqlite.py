@@ -183,7 +183,7 @@ async def test_a_worker_in_another_live_process_keeps_its_jobs(
         worker, claimed = (await asyncio.wait_for(child.stdout.readline(), HANG)).split()
         assert claimed == b"resp_1" and worker.decode().split(":")[1] == str(child.pid)
         assert await store.reap(NOW + 10**6) == []
-        assert await store.renew_worker(worker.decode(), NOW + 10**6, 10) == 1
+        assert await store.renew("resp_1", worker.decode(), NOW + 10**6, 10)
     finally:
         child.kill()
         await asyncio.wait_for(child.wait(), HANG)

@@ -198,11 +198,6 @@ class JobStore(Protocol):
         out but was not reaped yet can still be renewed by its holder."""
         ...
 
-    async def renew_worker(self, worker: str, now: float, lease_seconds: float) -> int:
-        """Extend every lease ``worker`` holds to ``now + lease_seconds``, in one statement;
-        the number of jobs it holds."""
-        ...
-
     async def finish_job(self, response_id: str) -> None:
         """Remove the job (the response row stays); a job already gone is no error."""
         ...

@@ -175,10 +175,6 @@ class SqlCore:
         values = {"id": response_id, "worker": worker, "lease_until": float(now + lease_seconds)}
         return await self._change(sql.RENEW, values) > 0
 
-    async def renew_worker(self, worker: str, now: float, lease_seconds: float) -> int:
-        return await self._change(
-            sql.RENEW_WORKER, {"worker": worker, "lease_until": float(now + lease_seconds)})
-
     async def finish_job(self, response_id: str) -> None:
         await self._change(sql.DROP_JOB, {"id": response_id})
 

@@ -181,7 +181,6 @@ RETURNING response_id, payload, attempts
 RENEW = Sql(
     "UPDATE jobs SET lease_until = :lease_until WHERE response_id = :id AND worker = :worker")
 
-RENEW_WORKER = Sql("UPDATE jobs SET lease_until = :lease_until WHERE worker = :worker")
 
 # A job is reaped when its lease ran out and its holder is not known to be alive.
 _REAPABLE = "worker IS NOT NULL AND lease_until < :now AND NOT {alive:jobs.worker}"
