@@ -30,11 +30,11 @@ from respond.engine.service import ResponsesService
 from respond.errors import InvalidRequest, NotFound
 from respond.protocol.request import CreateResponse
 from respond.sealing import Sealer, SealError
-from respond.store import Store, StoredResponse
+from respond.store import TERMINAL_STATUSES, Store, StoredResponse
 
 log = logging.getLogger(__name__)
 
-TERMINAL = frozenset({"completed", "incomplete", "failed", "cancelled"})
+TERMINAL = TERMINAL_STATUSES
 TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 FOLLOW_WAIT_SECONDS = 1.0
 TERMINAL_EVENT_GRACE_SECONDS = 10.0

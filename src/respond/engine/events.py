@@ -15,6 +15,7 @@ from typing import Any
 
 from respond.domain import Finish, Usage
 from respond.ids import new_id
+from respond.store import TERMINAL_STATUSES
 
 Event = dict[str, Any]
 
@@ -83,7 +84,7 @@ class EventBuilder:
 
     @property
     def terminal(self) -> bool:
-        return self.response["status"] in ("completed", "incomplete", "failed", "cancelled")
+        return self.response["status"] in TERMINAL_STATUSES
 
     # -- lifecycle -------------------------------------------------------------------------
 
