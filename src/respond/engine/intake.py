@@ -179,8 +179,7 @@ class Intake:
 def approved_calls(context: list[Item], labels: set[str]) -> list[Item]:
     """The approval requests approved in ``context`` whose calls were not made yet, in the
     order of their approvals: an approved call is made exactly once, a denied one never."""
-    requests = {i["id"]: i for i in context if i.get("type") == "mcp_approval_request"}
-    done = {i.get("approval_request_id") for i in context if i.get("type") == "mcp_call"}
+    requests, done = _approval_requests(context)
     approved: list[Item] = []
     for item in context:
         if item.get("type") != "mcp_approval_response" or not item.get("approve"):
@@ -193,10 +192,17 @@ def approved_calls(context: list[Item], labels: set[str]) -> list[Item]:
     return approved
 
 
+def _approval_requests(context: list[Item]) -> tuple[dict[str, Item], set[str]]:
+    """The approval requests of ``context`` by id, and the ids of those whose call was made."""
+    requests = {i["id"]: i for i in context if i.get("type") == "mcp_approval_request"}
+    done = {i["approval_request_id"] for i in context
+            if i.get("type") == "mcp_call" and i.get("approval_request_id")}
+    return requests, done
+
+
 def _check_approvals(items: list[Item], context: list[Item], servers: list[McpServer]) -> None:
     """Refuse approvals of unknown requests, and approved calls whose server is missing."""
-    requests = {i["id"]: i for i in context if i.get("type") == "mcp_approval_request"}
-    done = {i.get("approval_request_id") for i in context if i.get("type") == "mcp_call"}
+    requests, done = _approval_requests(context)
     labels = {server.label for server in servers}
     for index, item in enumerate(items):
         if item.get("type") != "mcp_approval_response":
