@@ -110,7 +110,8 @@ class Worker:
         builder = EventBuilder(dict(stored.body),
                                sequence=events[-1]["sequence_number"] + 1 if events else 0)
         failure = builder.fail(ORPHAN_MESSAGE)
-        if await self.store.save_response(with_body(stored, builder.response), [],
+        body = builder.response  # its output items were shown, never stored: store them now
+        if await self.store.save_response(with_body(stored, body), list(body["output"]),
                                           unless_terminal=True) and events:
             await self.store.append_events(response_id, failure)
 
